@@ -1,0 +1,198 @@
+"""The `runner` command line. Exit codes: 0 success, 1 failure, 2 usage error."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from datetime import UTC, datetime
+from functools import wraps
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+from rich.console import Console
+from rich.markup import escape
+
+from runner import __version__
+from runner.errors import SpecError, UsageError
+from runner.model import Bundle
+from runner.spec.compile import compile_files
+from runner.spec.plan import Plan, make_plan
+from runner.spec.repo import builtin_agents, load_paths
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+output_option = click.option(
+    "--output",
+    "-o",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    help="Output format.",
+)
+
+
+def _usage_errors(func: F) -> F:
+    """Turn the runner's UsageError into click's, so that it exits 2 with the message."""
+
+    @wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except UsageError as exc:
+            raise click.UsageError(str(exc)) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _print_errors(errors: list[SpecError], console: Console) -> None:
+    for error in errors:
+        console.print(escape(str(error)), soft_wrap=True, highlight=False)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="runner")
+def cli() -> None:
+    """GitOps pipeline runner: workflows declared in git, run as DAGs of agent steps."""
+
+
+@cli.command()
+@click.argument("paths", nargs=-1, required=True)
+@output_option
+@_usage_errors
+def validate(paths: tuple[str, ...], output: str) -> None:
+    """Validate workflow and agent files, or workflows repo directories.
+
+    Every error is printed as path:line:col: message [JSON pointer]. Exit 1 when there is any.
+    """
+    result = load_paths(paths)
+    if output == "json":
+        click.echo(json.dumps([e.as_dict() for e in result.errors], indent=2))
+    else:
+        _print_errors(result.errors, Console())
+    err = Console(stderr=True)
+    if result.errors:
+        files = len({e.path for e in result.errors})
+        err.print(f"[red]{len(result.errors)} error(s) in {files} file(s)[/red]", highlight=False)
+        sys.exit(1)
+    local = sum(1 for a in result.bundle.agents.values() if not a.builtin)
+    err.print(
+        f"[green]valid:[/green] {len(result.bundle.workflows)} workflow(s), {local} repo agent(s)",
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
+def _duration_text(seconds: float | None) -> str:
+    if seconds is None:
+        return "none"
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= 2 * size and seconds % size == 0:
+            return f"{int(seconds // size)}{unit}"
+    return f"{seconds:g}s"
+
+
+def _plan_json(plan: Plan, against: str | None) -> dict[str, Any]:
+    return {
+        "against": against,
+        "changes": [{"kind": c.kind, "name": c.name, "action": c.action} for c in plan.changes],
+        "schedules": [
+            {
+                "workflow": s.schedule.workflow,
+                "cron": s.schedule.cron,
+                "timezone": s.schedule.timezone,
+                "action": s.action,
+                "next_fires": [f.isoformat() for f in s.next_fires],
+            }
+            for s in plan.schedules
+        ],
+        "approval_gates": [
+            {
+                "workflow": g.workflow,
+                "step": g.step,
+                "required": g.required,
+                "approvers": list(g.approvers),
+                "timeout": _duration_text(g.timeout) if g.timeout else None,
+                "on_timeout": g.on_timeout,
+            }
+            for g in plan.gates
+        ],
+    }
+
+
+_MARKS = {"added": "[green]+[/green]", "changed": "[yellow]~[/yellow]", "removed": "[red]-[/red]"}
+
+
+def _print_plan(plan: Plan, path: str, against: str | None, console: Console) -> None:
+    base = f"git revision {against}" if against else "nothing applied yet"
+    console.print(f"Plan for {escape(path)} against {escape(base)}:", highlight=False)
+    visible = [c for c in plan.changes if c.action != "unchanged"]
+    for c in visible:
+        console.print(f"  {_MARKS[c.action]} {c.kind} {c.name} ({c.action})", highlight=False)
+    if not visible:
+        console.print("  no workflow or agent changes", highlight=False)
+    if plan.schedules:
+        console.print("Schedules:", highlight=False)
+    for s in plan.schedules:
+        mark = _MARKS.get(s.action, " ")
+        fires = ", ".join(f.strftime("%Y-%m-%d %H:%M %Z") for f in s.next_fires)
+        tail = f"; next: {fires}" if fires else ""
+        console.print(
+            f"  {mark} {s.schedule.workflow}: {escape(s.schedule.cron)} "
+            f"({s.schedule.timezone}){tail}",
+            highlight=False,
+            soft_wrap=True,
+        )
+    if plan.gates:
+        console.print("Approval gates:", highlight=False)
+    for g in plan.gates:
+        who = ", ".join(g.approvers) if g.approvers else "anyone with write access"
+        limit = f"; after {_duration_text(g.timeout)}: {g.on_timeout}" if g.timeout else ""
+        console.print(
+            f"  {g.workflow}/{g.step}: {g.required} approval(s) from {escape(who)}{limit}",
+            highlight=False,
+            soft_wrap=True,
+        )
+    console.print(
+        f"{plan.count('added')} to add, {plan.count('changed')} to change, "
+        f"{plan.count('removed')} to remove.",
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
+@cli.command()
+@click.argument("path", type=click.Path(exists=True, file_okay=False))
+@click.option("--against", metavar="REV", help="Git revision to compare with (default: nothing).")
+@output_option
+@_usage_errors
+def plan(path: str, against: str | None, output: str) -> None:
+    """Show what applying the workflows repo at PATH would change.
+
+    Without --against, the plan is a first apply; with it, relative to the same folder at REV of
+    the enclosing git repository (e.g. HEAD or origin/main).
+    """
+    result = load_paths([path])
+    if result.errors:
+        _print_errors(result.errors, Console())
+        Console(stderr=True).print(
+            f"[red]{len(result.errors)} error(s): this revision would not be applied[/red]",
+            highlight=False,
+            soft_wrap=True,
+        )
+        sys.exit(1)
+    old = Bundle()
+    if against:
+        from runner.source.gittree import files_at  # pygit2 only when a revision is asked for
+
+        old = compile_files(files_at(Path(path), against), builtins=builtin_agents()).bundle
+    report = make_plan(result.bundle, old, now=datetime.now(UTC))
+    if output == "json":
+        click.echo(json.dumps(_plan_json(report, against), indent=2))
+    else:
+        _print_plan(report, path, against, Console())
+
+
+def main() -> None:
+    cli(prog_name="runner")

@@ -1,0 +1,67 @@
+"""Reading a workflows repo as it is at a git revision (pygit2), without a checkout."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pygit2
+
+from runner.errors import UsageError
+from runner.spec.compile import SourceFile
+from runner.spec.repo import repo_layout
+
+
+def _walk(repo: pygit2.Repository, tree: pygit2.Tree, prefix: str = "") -> dict[str, pygit2.Oid]:
+    out: dict[str, pygit2.Oid] = {}
+    for entry in tree:
+        path = f"{prefix}{entry.name}"
+        if entry.type_str == "tree":
+            subtree = repo[entry.id]
+            assert isinstance(subtree, pygit2.Tree)
+            out.update(_walk(repo, subtree, path + "/"))
+        elif entry.type_str == "blob":
+            out[path] = entry.id
+    return out
+
+
+def files_at(path: Path, rev: str) -> list[SourceFile]:
+    """The documents of the workflows repo at `path` as of `rev` of its enclosing git repo.
+
+    A folder that did not exist at `rev` has no documents (everything in it is new).
+    """
+    found = pygit2.discover_repository(str(path.resolve()))
+    if found is None:
+        raise UsageError(
+            f"{path} is not inside a git repository, so there is no {rev} to plan against"
+        )
+    repo = pygit2.Repository(found)
+    try:
+        commit = repo.revparse_single(rev).peel(pygit2.Commit)
+    except (KeyError, ValueError, pygit2.GitError):
+        raise UsageError(f"unknown git revision {rev!r} in {repo.workdir or found}") from None
+    workdir = Path(repo.workdir or found).resolve()
+    relative = path.resolve().relative_to(workdir).as_posix()
+    tree = commit.tree
+    if relative not in ("", "."):
+        try:
+            sub = tree[relative]
+        except KeyError:
+            return []
+        subtree = repo[sub.id]
+        if not isinstance(subtree, pygit2.Tree):
+            return []
+        tree = subtree
+    blobs = _walk(repo, tree)
+    files = []
+    for rel, role, agent_dir in repo_layout(blobs):
+        blob = repo[blobs[rel]]
+        assert isinstance(blob, pygit2.Blob)
+        files.append(
+            SourceFile(
+                path=f"{rev}:{relative + '/' if relative not in ('', '.') else ''}{rel}",
+                data=blob.data,
+                role="workflows" if role == "workflows" else "agent",
+                agent_dir=agent_dir,
+            )
+        )
+    return files

@@ -1,0 +1,163 @@
+"""CEL expressions (`when:`) and `${{ expr }}` templates: compiling and what they refer to.
+
+Compiling uses cel-python (celpy), a maintained CEL implementation; its parse tree tells which
+names and which `steps.<id>` an expression reads, so a reference to a step that is unknown or not
+upstream is found before anything runs. Compiled expressions are cached by their text: workflows
+repeat the same conditions, and compiling is the expensive part of validating them.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+import celpy
+import celpy.celparser
+from lark import Token, Tree
+
+SCOPE = ("inputs", "steps", "trigger", "run")
+STEP_FIELDS = ("outputs", "status")
+_MACROS = frozenset({"all", "exists", "exists_one", "map", "filter"})
+_TEMPLATE = re.compile(r"\$\{\{(.*?)\}\}", re.DOTALL)
+_ENV = celpy.Environment()
+
+
+class ExpressionError(ValueError):
+    """An expression that cannot be compiled or refers to something that does not exist."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Expression:
+    """A compiled CEL expression and what it reads."""
+
+    source: str
+    ast: Any
+    names: frozenset[str]
+    steps: frozenset[str]
+    bad_fields: tuple[tuple[str, str], ...] = ()
+    dynamic_steps: bool = False
+
+
+def _ident(tree: Any) -> str | None:
+    """The identifier if `tree` is a bare `member -> primary -> ident` chain."""
+    while isinstance(tree, Tree) and tree.data not in ("ident", "member_dot", "member_index"):
+        if len(tree.children) != 1:
+            return None
+        tree = tree.children[0]
+    if isinstance(tree, Tree) and tree.data == "ident":
+        return str(tree.children[0])
+    return None
+
+
+def _literal_string(tree: Any) -> str | None:
+    while isinstance(tree, Tree) and tree.data != "literal":
+        if len(tree.children) != 1:
+            return None
+        tree = tree.children[0]
+    if isinstance(tree, Tree) and isinstance(tree.children[0], Token):
+        text = str(tree.children[0])
+        if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"":
+            return text[1:-1]
+    return None
+
+
+def _step_of(member: Any) -> tuple[str | None, bool]:
+    """(step id, dynamic) if `member` is `steps.<id>` or `steps["<id>"]`."""
+    if not (isinstance(member, Tree) and member.data == "member" and member.children):
+        return None, False
+    inner = member.children[0]
+    if not isinstance(inner, Tree) or _ident(inner.children[0]) != "steps":
+        return None, False
+    if inner.data == "member_dot":
+        return str(inner.children[1]), False
+    if inner.data == "member_index":
+        name = _literal_string(inner.children[1])
+        return name, name is None
+    return None, False
+
+
+def _analyse(source: str, ast: Any) -> Expression:
+    names: set[str] = set()
+    bound: set[str] = set()
+    steps: set[str] = set()
+    bad: list[tuple[str, str]] = []
+    dynamic = False
+    for node in ast.iter_subtrees():
+        if node.data == "ident":
+            names.add(str(node.children[0]))
+        elif node.data == "member_dot_arg" and str(node.children[1]) in _MACROS:
+            args = node.children[2] if len(node.children) > 2 else None
+            if isinstance(args, Tree) and args.children:
+                var = _ident(args.children[0])
+                if var:
+                    bound.add(var)
+        elif node.data == "member":
+            step, is_dynamic = _step_of(node)
+            dynamic = dynamic or is_dynamic
+            if step:
+                steps.add(step)
+        if node.data == "member_dot":
+            step, _ = _step_of(node.children[0])
+            if step and str(node.children[1]) not in STEP_FIELDS:
+                bad.append((step, str(node.children[1])))
+    return Expression(
+        source=source,
+        ast=ast,
+        names=frozenset(names - bound),
+        steps=frozenset(steps),
+        bad_fields=tuple(bad),
+        dynamic_steps=dynamic,
+    )
+
+
+@lru_cache(maxsize=4096)
+def compile_expression(source: str) -> Expression:
+    """Compile one CEL expression, or raise `ExpressionError` saying where it breaks."""
+    text = source.strip()
+    if not text:
+        raise ExpressionError("empty expression")
+    try:
+        ast = _ENV.compile(text)
+    except celpy.celparser.CELParseError as exc:
+        column = getattr(exc, "column", None) or 1
+        near = text[column - 1 : column + 11]
+        where = f"near {near!r}" if near else "at the end"
+        raise ExpressionError(f"CEL syntax error in {text!r} at column {column}, {where}") from None
+    return _analyse(text, ast)
+
+
+def template_parts(text: str) -> list[str]:
+    """The expressions inside `${{ }}` in a string, in order; raises on an unclosed `${{`."""
+    found = [m.group(1) for m in _TEMPLATE.finditer(text)]
+    rest = _TEMPLATE.sub("", text)
+    if "${{" in rest:
+        raise ExpressionError(f"unclosed '${{{{' in {text!r}: close it with '}}}}'")
+    return found
+
+
+def when_source(when: str) -> str:
+    """The CEL text of a `when:`; a condition written as `${{ expr }}` is accepted too."""
+    match = _TEMPLATE.fullmatch(when.strip())
+    return match.group(1) if match else when
+
+
+def check_names(expr: Expression, scope: tuple[str, ...] = SCOPE) -> list[str]:
+    """Problems with the names `expr` reads; which steps it may read is the caller's to check."""
+    problems = []
+    for name in sorted(expr.names - set(scope)):
+        problems.append(
+            f"unknown name {name!r} in {expr.source!r}; names in scope are: {', '.join(scope)}"
+        )
+    if expr.steps and "steps" not in scope:
+        problems.append(f"{expr.source!r} reads steps, which are not available here")
+        return problems
+    if expr.dynamic_steps:
+        problems.append(f"{expr.source!r} indexes steps by a computed value; write steps.<id>")
+    for step, field in expr.bad_fields:
+        problems.append(
+            f"steps.{step}.{field} in {expr.source!r}: a step has "
+            f"{' and '.join(STEP_FIELDS)}; write steps.{step}.outputs.{field}"
+        )
+    return problems
