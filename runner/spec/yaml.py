@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import yaml
@@ -42,12 +43,25 @@ def pointer_of(parts: Sequence[str | int]) -> str:
 
 @dataclass(frozen=True, kw_only=True)
 class Document:
-    """One YAML document of a file: its plain data and the node graph it came from."""
+    """One YAML document of a file: its plain data, and positions on demand.
+
+    The node graph is not kept: thousands of live node objects make every garbage collection
+    slower (validation of a large repo took 3x longer). It is composed again from the file's
+    text only when an error needs a position.
+    """
 
     path: str
     index: int
     data: Any
-    root: Node = field(repr=False, compare=False)
+    text: str = field(repr=False, compare=False)
+
+    @cached_property
+    def root(self) -> Node:
+        for i, (loader, node) in enumerate(_compose(self.text)):
+            if i == self.index and node is not None:
+                _flatten_merges(loader, node, set())
+                return node
+        raise LookupError(f"{self.path} has no document {self.index}")  # pragma: no cover
 
     def position(self, parts: Sequence[str | int], *, key: bool = False) -> tuple[int, int]:
         """1-based (line, column) of the node at `parts`, or of its key when `key` is true.
@@ -98,6 +112,21 @@ class _Refused(Exception):
         super().__init__(message)
         self.node = node
         self.message = message
+
+
+def _flatten_merges(loader: Any, node: Node, seen: set[int]) -> None:
+    """Apply `<<` merge keys in place, as conversion did, so positions match the data."""
+    if id(node) in seen:
+        return
+    seen.add(id(node))
+    if isinstance(node, MappingNode):
+        if any(k.tag == _MERGE for k, _ in node.value):
+            loader.flatten_mapping(node)
+        for _, value in node.value:
+            _flatten_merges(loader, value, seen)
+    elif isinstance(node, SequenceNode):
+        for item in node.value:
+            _flatten_merges(loader, item, seen)
 
 
 def _find(root: Node, target: Node) -> list[str | int]:
@@ -247,7 +276,6 @@ def load_bytes(
             try:
                 value = converter.convert(root)
             except _Refused as refused:
-                doc = Document(path=path, index=index, data=None, root=root)
                 mark = refused.node.start_mark
                 errors.append(
                     SpecError(
@@ -260,8 +288,7 @@ def load_bytes(
                     )
                 )
             else:
-                doc = Document(path=path, index=index, data=value, root=root)
-                documents.append(doc)
+                documents.append(Document(path=path, index=index, data=value, text=text))
             for key_node, key in converter.duplicates:
                 mark = key_node.start_mark
                 errors.append(

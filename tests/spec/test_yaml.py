@@ -132,3 +132,9 @@ def test_empty_files_have_no_documents_and_no_errors(text: str) -> None:
     loaded = load(text)
     assert loaded.documents == []
     assert loaded.errors == []
+
+
+def test_positions_inside_merged_mappings() -> None:
+    doc = load("base: &b {x: 1}\nother:\n  <<: *b\n  y: 3\n").documents[0]
+    assert doc.position(["other", "y"]) == (4, 6)
+    assert doc.position(["other", "x"]) == (1, 14)
