@@ -7,6 +7,7 @@ A workflows repo holds Workflow documents in `workflows/**/*.yaml` and each repo
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Mapping
 from dataclasses import replace
 from functools import cache
@@ -88,9 +89,25 @@ def builtin_agents() -> Mapping[str, Agent]:
     return {name: replace(agent, builtin=True) for name, agent in result.bundle.agents.items()}
 
 
+def _enclosing_repo(path: Path) -> Path | None:
+    """The workflows repo a file under its `workflows/` folder belongs to, if any."""
+    for parent in path.resolve().parents:
+        if parent.name == WORKFLOWS_DIR and (parent.parent / AGENTS_DIR).is_dir():
+            return parent.parent
+    return None
+
+
+def _agent_files(repo: Path, display: str) -> list[SourceFile]:
+    return [f for f in repo_files(repo, display) if f.role == "agent"]
+
+
 def load_paths(paths: Iterable[str]) -> Result:
-    """Validate workflows repo directories and/or single files, as `runner validate` does."""
+    """Validate workflows repo directories and/or single files, as `runner validate` does.
+
+    A single file inside a repo's workflows/ folder is checked against that repo's agents too.
+    """
     files: list[SourceFile] = []
+    repos: dict[Path, str] = {}
     for raw in paths:
         path = Path(raw)
         if path.is_dir():
@@ -101,6 +118,12 @@ def load_paths(paths: Iterable[str]) -> Result:
                 files += [SourceFile(path=p.as_posix(), data=p.read_bytes()) for p in found]
         elif path.is_file():
             files.append(SourceFile(path=raw, data=path.read_bytes()))
+            repo = _enclosing_repo(path)
+            if repo is not None:
+                repos.setdefault(repo, os.path.relpath(repo))
         else:
             raise UsageError(f"{raw}: no such file or directory")
+    named = {Path(f.path).resolve() for f in files}
+    for repo, display in repos.items():
+        files += [f for f in _agent_files(repo, display) if Path(f.path).resolve() not in named]
     return compile_files(files, builtins=builtin_agents())
