@@ -10,16 +10,25 @@ import zipfile
 from pathlib import Path
 
 ROOT = Path(__file__).parents[1]
+PIP = (sys.executable, "-m", "pip")
 
 
 def test_wheel_ships_schemas_and_agents_and_uses_them(tmp_path: Path) -> None:
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation"]
-        + ["-w", str(tmp_path / "dist"), str(ROOT)],
+        [
+            *PIP,
+            "wheel",
+            "-q",
+            "--no-deps",
+            "--no-build-isolation",
+            "-w",
+            str(tmp_path / "d"),
+            str(ROOT),
+        ],
         check=True,
         capture_output=True,
     )
-    (wheel,) = (tmp_path / "dist").glob("runner-*.whl")
+    (wheel,) = (tmp_path / "d").glob("runner-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
     for expected in (
         "runner/schemas/workflow.schema.json",
@@ -30,8 +39,7 @@ def test_wheel_ships_schemas_and_agents_and_uses_them(tmp_path: Path) -> None:
         assert expected in names
     target = tmp_path / "site"
     subprocess.run(
-        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target)]
-        + [str(wheel)],
+        [*PIP, "install", "-q", "--no-deps", "--target", str(target), str(wheel)],
         check=True,
         capture_output=True,
     )
