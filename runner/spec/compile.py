@@ -150,9 +150,17 @@ def _agent(
 class _WorkflowChecker:
     """The rules of one workflow document that need more than its schema."""
 
-    def __init__(self, doc: Document, agents: Mapping[str, Agent]) -> None:
+    def __init__(
+        self,
+        doc: Document,
+        agents: Mapping[str, Agent],
+        broken_agents: frozenset[str],
+        validators: dict[str, Any],
+    ) -> None:
         self.doc = doc
         self.agents = agents
+        self.broken_agents = broken_agents
+        self.validators = validators
         self.errors: list[SpecError] = []
         steps = _get(doc.data, "spec", "steps")
         self.steps: list[tuple[int, dict[str, Any]]] = [
@@ -162,6 +170,7 @@ class _WorkflowChecker:
         ]
         self.ids: dict[str, int] = {}
         self.needs: dict[str, list[str]] = {}
+        self.upstream: dict[str, set[str]] = {}
 
     def error(self, parts: list[str | int], message: str, *, key: bool = False) -> None:
         self.errors.append(self.doc.error(parts, message, key=key))
@@ -170,9 +179,9 @@ class _WorkflowChecker:
         self._ids()
         self._needs()
         self._cycles()
-        upstream = self._upstream()
+        self.upstream = self._upstream()
         for i, step in self.steps:
-            self._step(i, step, upstream.get(step.get("id", ""), set()))
+            self._step(i, step, self.upstream.get(step.get("id", ""), set()))
         self._triggers()
         self._workflow_fields()
         return self.errors
@@ -210,7 +219,10 @@ class _WorkflowChecker:
                     self.error(
                         parts,
                         f"step {sid!r} needs {need!r}, which is not a step of this workflow"
-                        + (_suggest(need, self.ids) or f"; steps are: {', '.join(self.ids)}"),
+                        + (
+                            _suggest(need, self.ids)
+                            or f"; steps are: {', '.join(i for i in self.ids if i != sid)}"
+                        ),
                     )
                 else:
                     valid.append(need)
@@ -218,31 +230,37 @@ class _WorkflowChecker:
                 self.needs[sid] = valid
 
     def _cycles(self) -> None:
-        sorter = graphlib.TopologicalSorter(self.needs)
-        try:
-            sorter.prepare()
-        except graphlib.CycleError as exc:
-            cycle: list[str] = list(reversed(exc.args[1]))
-            first = cycle[0]
-            self.error(
-                ["spec", "steps", self.ids[first], "needs"],
-                f"steps form a cycle: {' -> '.join(cycle)} (each needs the next); "
-                "remove one of these needs",
-            )
-            for sid in cycle:  # keep later rules from walking the cycle
-                self.needs[sid] = []
+        """Report every cycle, each once (graphlib finds one at a time)."""
+        graph = {sid: list(needs) for sid, needs in self.needs.items()}
+        while True:
+            try:
+                graphlib.TopologicalSorter(graph).prepare()
+                return
+            except graphlib.CycleError as exc:
+                cycle: list[str] = list(reversed(exc.args[1]))
+                start = min(range(len(cycle) - 1), key=lambda k: self.ids[cycle[k]])
+                cycle = cycle[start:-1] + cycle[: start + 1]
+                self.error(
+                    ["spec", "steps", self.ids[cycle[0]], "needs"],
+                    f"steps form a cycle: {' -> '.join(cycle)} (each needs the next); "
+                    "remove one of these needs",
+                )
+                for sid in cycle:
+                    graph[sid] = []
 
     def _upstream(self) -> dict[str, set[str]]:
-        memo: dict[str, set[str]] = {}
-
-        def ancestors(sid: str) -> set[str]:
-            if sid not in memo:
-                memo[sid] = set()
-                for need in self.needs.get(sid, []):
-                    memo[sid] |= {need} | ancestors(need)
-            return memo[sid]
-
-        return {sid: ancestors(sid) for sid in self.needs}
+        """Every step's transitive needs (a step in a cycle is its own ancestor)."""
+        out: dict[str, set[str]] = {}
+        for sid in self.needs:
+            seen: set[str] = set()
+            todo = list(self.needs[sid])
+            while todo:
+                need = todo.pop()
+                if need not in seen:
+                    seen.add(need)
+                    todo.extend(self.needs.get(need, []))
+            out[sid] = seen
+        return out
 
     def _expression(
         self,
@@ -271,6 +289,12 @@ class _WorkflowChecker:
                     f"{compiled.source!r} reads steps.{ref}, which is not a step of this workflow"
                     + _suggest(ref, self.ids),
                 )
+            elif ref not in upstream and sid is not None and sid in self.upstream.get(ref, ()):
+                self.error(
+                    parts,
+                    f"{compiled.source!r} reads steps.{ref}, which runs after step {sid!r} "
+                    f"({ref} needs {sid}): a step can only read steps upstream of it",
+                )
             elif ref not in upstream:
                 self.error(
                     parts,
@@ -285,7 +309,8 @@ class _WorkflowChecker:
         if isinstance(when, str):
             self._expression([*here, "when"], cel.when_source(when), sid=sid, upstream=upstream)
         agent = self.agents.get(step["agent"]) if isinstance(step.get("agent"), str) else None
-        if isinstance(step.get("agent"), str) and agent is None:
+        named = step.get("agent")
+        if isinstance(named, str) and agent is None and named not in self.broken_agents:
             self.error(
                 [*here, "agent"],
                 f"unknown agent {step['agent']!r}"
@@ -326,10 +351,14 @@ class _WorkflowChecker:
                 self._expression([*parts, *sub], source, sid=sid, upstream=upstream)
         if agent is None or agent.inputs is None:
             return
-        try:
-            validator = compile_schema(dict(agent.inputs))
-        except ValueError:
-            return  # the agent's own document reports its broken schema
+        if agent.name not in self.validators:
+            try:
+                self.validators[agent.name] = compile_schema(dict(agent.inputs))
+            except ValueError:
+                self.validators[agent.name] = None  # its own document reports the schema
+        validator = self.validators[agent.name]
+        if validator is None:
+            return
         literal = {k: v for k, v in with_.items() if k not in templated}
         for sub, message, at_key in translate(validator, dict(agent.inputs), literal):
             if message.startswith("missing required property") and any(
@@ -459,11 +488,11 @@ def _documents(
     for source in files:
         loaded = load_bytes(source.path, source.data)
         errors.extend(loaded.errors)
-        if source.role == "agent" and len(loaded.documents) > 1:
-            errors.append(
-                loaded.documents[1].error([], "agent.yaml holds exactly one Agent document")
-            )
-        for doc in loaded.documents:
+        documents = loaded.documents
+        if source.role == "agent" and len(documents) > 1:
+            errors.append(documents[1].error([], "agent.yaml holds exactly one Agent document"))
+            documents = documents[:1]
+        for doc in documents:
             errors.extend(validate_document(doc))
             yield source, doc
 
@@ -473,6 +502,7 @@ def compile_files(files: Iterable[SourceFile], *, builtins: Mapping[str, Agent])
     errors: list[SpecError] = []
     agents: dict[str, Agent] = dict(builtins)
     workflow_docs: list[Document] = []
+    broken_agents: set[str] = set()
     defined: dict[tuple[str, str], Document] = {}
     for source, doc in _documents(files, errors):
         kind, name = _get(doc.data, "kind"), _get(doc.data, "metadata", "name")
@@ -500,16 +530,21 @@ def compile_files(files: Iterable[SourceFile], *, builtins: Mapping[str, Agent])
         if kind == "Agent":
             agent, problems = _agent(doc, source.role, source.agent_dir)
             errors.extend(problems)
-            if agent is not None and not problems:
+            valid = not any(e.path == doc.path and e.document == doc.index for e in errors)
+            if agent is not None and valid:
                 agents[agent.name] = agent
+            elif isinstance(name, str):
+                broken_agents.add(name)
         elif kind == "Workflow":
             if source.role == "agent":
                 errors.append(doc.error(["kind"], "a Workflow belongs under workflows/"))
             workflow_docs.append(doc)
     workflows: dict[str, Workflow] = {}
+    validators: dict[str, Any] = {}  # compiled `inputs` schema of each agent, shared
+    broken = frozenset(broken_agents)
     for doc in workflow_docs:
         before = len(errors)
-        errors.extend(_WorkflowChecker(doc, agents).run())
+        errors.extend(_WorkflowChecker(doc, agents, broken, validators).run())
         valid_schema = not any(
             e.path == doc.path and e.document == doc.index for e in errors[:before]
         )

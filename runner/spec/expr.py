@@ -8,6 +8,7 @@ repeat the same conditions, and compiling is the expensive part of validating th
 
 from __future__ import annotations
 
+import difflib
 import re
 from dataclasses import dataclass
 from functools import lru_cache
@@ -146,18 +147,25 @@ def when_source(when: str) -> str:
 def check_names(expr: Expression, scope: tuple[str, ...] = SCOPE) -> list[str]:
     """Problems with the names `expr` reads; which steps it may read is the caller's to check."""
     problems = []
-    for name in sorted(expr.names - set(scope)):
-        problems.append(
-            f"unknown name {name!r} in {expr.source!r}; names in scope are: {', '.join(scope)}"
-        )
-    if expr.steps and "steps" not in scope:
-        problems.append(f"{expr.source!r} reads steps, which are not available here")
+    in_scope = f"names in scope are: {', '.join(scope)}"
+    reads_steps = "steps" in expr.names or bool(expr.steps)
+    if reads_steps and "steps" not in scope:
+        problems.append(f"{expr.source!r} reads steps, which are not available here; {in_scope}")
+    for name in sorted(expr.names - set(scope) - {"steps"}):
+        problems.append(f"unknown name {name!r} in {expr.source!r}; {in_scope}")
+    if "steps" not in scope:
         return problems
     if expr.dynamic_steps:
         problems.append(f"{expr.source!r} indexes steps by a computed value; write steps.<id>")
     for step, field in expr.bad_fields:
+        close = difflib.get_close_matches(field, STEP_FIELDS, n=1)
+        hint = (
+            f"did you mean steps.{step}.{close[0]}?"
+            if close
+            else f"write steps.{step}.outputs.{field} for an output"
+        )
         problems.append(
             f"steps.{step}.{field} in {expr.source!r}: a step has "
-            f"{' and '.join(STEP_FIELDS)}; write steps.{step}.outputs.{field}"
+            f"{' and '.join(STEP_FIELDS)}; {hint}"
         )
     return problems

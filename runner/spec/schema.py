@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import difflib
 import json
+from collections.abc import Iterator
 from functools import cache
 from importlib import resources
 from typing import Any
+from urllib.parse import unquote
 
 import jsonschema_rs
 
@@ -63,18 +65,28 @@ def _suggest(word: str, choices: list[str]) -> str:
     return f"; did you mean {close[0]!r}?" if close else ""
 
 
-def _message(error: Any, subschema: Any) -> str:
+def _value_at(root: Any, parts: list[str | int]) -> Any:
+    for part in parts:
+        root = root[part]
+    return root
+
+
+def _message(error: Any, subschema: Any, value: Any) -> str:
+    """The wording for one error. `errorMessage` in the subschema wins: a string for every
+    keyword of that subschema, or a mapping from keyword to message."""
     kind = error.kind.name
     info = error.kind.as_dict()
     custom = subschema.get("errorMessage") if isinstance(subschema, dict) else None
+    if isinstance(custom, dict):
+        custom = custom.get(kind)
     if kind == "required":
         return f"missing required property {info['property']!r}"
-    value = error.instance
     if custom:
         scalar = value is None or isinstance(value, str | int | float)
         return f"{json.dumps(value)} {custom}" if scalar and custom.startswith("is ") else custom
     if kind == "type":
-        wanted = " or ".join("mapping" if t == "object" else t for t in info["types"])
+        names = {"object": "mapping", "array": "list"}
+        wanted = " or ".join(names.get(t, t) for t in info["types"])
         return f"expected {wanted}, got {_json_type(value)}"
     if kind == "enum":
         options = [str(o) for o in info["options"]]
@@ -106,7 +118,7 @@ def translate(
                 message = f"unknown property {name!r}{_suggest(name, allowed) or expected}"
                 out.append(([*parts, name], message, True))
             continue
-        message = _message(error, subschema)
+        message = _message(error, subschema, _value_at(value, parts))
         if (str(parts), message) not in seen:
             seen.add((str(parts), message))
             out.append((parts, message, False))
@@ -132,18 +144,75 @@ def validate_document(doc: Document) -> list[SpecError]:
     return [doc.error(parts, message, key=at_key) for parts, message, at_key in found]
 
 
+_TYPES = ["array", "boolean", "integer", "null", "number", "object", "string"]
+
+
+def _local_refs(node: Any, parts: list[str | int]) -> Iterator[tuple[list[str | int], str]]:
+    if isinstance(node, dict):
+        ref = node.get("$ref")
+        if isinstance(ref, str):
+            yield [*parts, "$ref"], ref
+        for key, value in node.items():
+            if key not in ("const", "enum", "default", "examples"):
+                yield from _local_refs(value, [*parts, key])
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            yield from _local_refs(value, [*parts, i])
+
+
+def _resolves(schema: Any, ref: str) -> bool:
+    target: Any = schema
+    for token in ref[1:].lstrip("/").split("/") if ref not in ("#", "#/") else []:
+        token = unquote(token).replace("~1", "/").replace("~0", "~")
+        try:
+            target = target[int(token)] if isinstance(target, list) else target[token]
+        except (KeyError, IndexError, ValueError, TypeError):
+            return False
+    return True
+
+
 def check_schema(doc: Document, parts: list[str | int], schema: Any) -> list[SpecError]:
-    """Errors if an embedded JSON Schema (inputs, outputs) is not itself a valid schema."""
+    """Errors if an embedded JSON Schema (inputs, outputs) is not itself a valid schema.
+
+    `$ref` must point inside the schema: a validator never fetches anything over the network.
+    """
     try:
         jsonschema_rs.meta.validate(schema)
     except jsonschema_rs.ValidationError as exc:
         inner = [*parts, *exc.instance_path]
-        return [doc.error(inner, f"not a valid JSON Schema: {exc.message}")]
-    except jsonschema_rs.ReferencingError as exc:
-        return [doc.error(parts, f"not a valid JSON Schema: {exc}")]
-    return []
+        value = _value_at(schema, list(exc.instance_path))
+        message = str(exc.message)
+        if exc.instance_path and exc.instance_path[-1] == "type" and isinstance(value, str):
+            message = f"{json.dumps(value)} is not a JSON Schema type" + (
+                _suggest(value, _TYPES) or f"; use one of: {', '.join(_TYPES)}"
+            )
+        return [doc.error(inner, f"not a valid JSON Schema: {message}")]
+    errors = []
+    for where, ref in _local_refs(schema, []):
+        if not ref.startswith("#"):
+            errors.append(
+                doc.error(
+                    [*parts, *where],
+                    f"not a valid JSON Schema: $ref {ref!r} points outside the schema; "
+                    "inline it under $defs",
+                )
+            )
+        elif not _resolves(schema, ref):
+            errors.append(
+                doc.error(
+                    [*parts, *where], f"not a valid JSON Schema: $ref {ref!r} does not resolve"
+                )
+            )
+    return errors
 
 
 def compile_schema(schema: dict[str, Any]) -> Any:
-    """A validator for a schema that `check_schema` accepted."""
-    return jsonschema_rs.validator_for(schema)
+    """A validator for a schema that `check_schema` accepted; never reaches the network."""
+    try:
+        return jsonschema_rs.validator_for(schema, retriever=_no_remote)
+    except (jsonschema_rs.ValidationError, jsonschema_rs.ReferencingError) as exc:
+        raise ValueError(f"not a valid JSON Schema: {exc}") from None
+
+
+def _no_remote(uri: str) -> Any:
+    raise ValueError(f"remote $ref {uri!r} is not allowed")

@@ -150,8 +150,9 @@ def _find(root: Node, target: Node) -> list[str | int]:
     return []
 
 
-def _key_message(key: Node) -> str:
-    if isinstance(key, ScalarNode) and key.tag == _T + "bool" and key.value.lower() == "on":
+def _key_message(key: Node, where: list[str | int]) -> str:
+    is_on = isinstance(key, ScalarNode) and key.tag == _T + "bool" and key.value.lower() == "on"
+    if is_on and where in ([], ["spec"]):
         return (
             "'on:' is read by YAML 1.1 as the boolean true, not as a key; "
             "write 'triggers:' to declare what starts a workflow"
@@ -162,13 +163,21 @@ def _key_message(key: Node) -> str:
 
 
 class _Converter:
-    """Turns one composed document into JSON-like values, enforcing the limits."""
+    """Turns one composed document into JSON-like values, enforcing the limits.
+
+    Refusals that leave the rest of the document readable (a bad key, a custom tag) are
+    collected so that all of them are reported; running out of the node budget, nesting too
+    deep or a recursive alias stop the conversion at once (`_Refused`).
+    """
 
     def __init__(self, loader: Any, max_nodes: int) -> None:
         self.loader = loader
         self.budget = max_nodes
         self.max_nodes = max_nodes
         self.duplicates: list[tuple[Node, str]] = []
+        self.bad_keys: list[Node] = []
+        self.refusals: list[tuple[Node, str]] = []
+        self.active: set[int] = set()
 
     def convert(self, node: Node, depth: int = 0) -> Any:
         self.budget -= 1
@@ -179,7 +188,7 @@ class _Converter:
                 "a workflow document is never that large, so it is refused",
             )
         if depth > MAX_DEPTH:
-            raise _Refused(node, f"nesting is deeper than {MAX_DEPTH} levels (a recursive alias?)")
+            raise _Refused(node, f"nesting is deeper than {MAX_DEPTH} levels")
         tag = node.tag
         if isinstance(node, ScalarNode):
             if tag == _STR:
@@ -189,16 +198,24 @@ class _Converter:
                 return construct(self.loader, node)
             if tag == _TIMESTAMP:
                 return node.value  # JSON has no dates: keep the text as written
-            raise _Refused(node, f"unsupported YAML tag {tag!r}; use plain strings and numbers")
-        if isinstance(node, SequenceNode):
-            if tag != _SEQ:
-                raise _Refused(node, f"unsupported YAML tag {tag!r} on a list")
-            return [self.convert(item, depth + 1) for item in node.value]
-        if isinstance(node, MappingNode):
-            if tag != _MAP:
-                raise _Refused(node, f"unsupported YAML tag {tag!r} on a mapping")
+            self.refusals.append(
+                (node, f"unsupported YAML tag {tag!r}; use plain strings and numbers")
+            )
+            return None
+        if id(node) in self.active:
+            raise _Refused(node, "recursive alias: this value contains itself and never ends")
+        if tag not in (_SEQ, _MAP):
+            what = "list" if isinstance(node, SequenceNode) else "mapping"
+            self.refusals.append((node, f"unsupported YAML tag {tag!r} on a {what}"))
+            return None
+        self.active.add(id(node))
+        try:
+            if isinstance(node, SequenceNode):
+                return [self.convert(item, depth + 1) for item in node.value]
+            assert isinstance(node, MappingNode)  # PyYAML has three kinds of node
             return self._mapping(node, depth)
-        raise _Refused(node, "unsupported YAML node")  # pragma: no cover - PyYAML has 3 kinds
+        finally:
+            self.active.discard(id(node))
 
     def _mapping(self, node: MappingNode, depth: int) -> dict[str, Any]:
         merged = 0
@@ -210,7 +227,8 @@ class _Converter:
         seen: set[str] = set()
         for i, (key_node, value_node) in enumerate(node.value):
             if not (isinstance(key_node, ScalarNode) and key_node.tag == _STR):
-                raise _Refused(key_node, _key_message(key_node))
+                self.bad_keys.append(key_node)
+                continue
             key = key_node.value
             if i >= merged:  # keys written here may override merged ones, not each other
                 if key in seen:
@@ -219,13 +237,51 @@ class _Converter:
             out[key] = self.convert(value_node, depth + 1)
         return out
 
+    def errors(self, path: str, index: int, root: Node) -> list[SpecError]:
+        found: list[tuple[Node, str, list[str | int]]] = []
+        for key_node in self.bad_keys:
+            where = _find(root, key_node)
+            found.append((key_node, _key_message(key_node, where), where))
+        found += [(n, m, _find(root, n)) for n, m in self.refusals]
+        found += [
+            (n, f"duplicate key {k!r}: each key may appear once in a mapping", [*_find(root, n), k])
+            for n, k in self.duplicates
+        ]
+        return [
+            SpecError(
+                path=path,
+                line=node.start_mark.line + 1,
+                column=node.start_mark.column + 1,
+                message=message,
+                pointer=pointer_of(parts),
+                document=index,
+            )
+            for node, message, parts in found
+        ]
 
-def _syntax_error(path: str, exc: yaml.YAMLError) -> SpecError:
+
+def _position_in(text: str, offset: int) -> tuple[int, int]:
+    line_start = text.rfind("\n", 0, offset) + 1
+    return text.count("\n", 0, offset) + 1, offset - line_start + 1
+
+
+def _syntax_error(path: str, text: str, exc: yaml.YAMLError) -> SpecError:
+    if isinstance(exc, yaml.reader.ReaderError):
+        line, column = _position_in(text, exc.position)
+        char = exc.character if isinstance(exc.character, int) else ord(exc.character)
+        message = f"YAML syntax error: unacceptable character #x{char:04x}: {exc.reason}"
+        return SpecError(path=path, line=line, column=column, message=message)
     mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
     line, column = (mark.line + 1, mark.column + 1) if mark is not None else (1, 1)
     problem = getattr(exc, "problem", None) or str(exc)
     context = getattr(exc, "context", None)
-    message = f"YAML syntax error: {problem}" + (f" ({context})" if context else "")
+    context_mark = getattr(exc, "context_mark", None)
+    message = f"YAML syntax error: {problem}"
+    if context and context_mark is not None and context_mark is not mark:
+        start = f"line {context_mark.line + 1}, column {context_mark.column + 1}"
+        message += f" ({context} that starts at {start})"
+    elif context:
+        message += f" ({context})"
     return SpecError(path=path, line=line, column=column, message=message)
 
 
@@ -288,20 +344,11 @@ def load_bytes(
                     )
                 )
             else:
-                documents.append(Document(path=path, index=index, data=value, text=text))
-            for key_node, key in converter.duplicates:
-                mark = key_node.start_mark
-                errors.append(
-                    SpecError(
-                        path=path,
-                        line=mark.line + 1,
-                        column=mark.column + 1,
-                        message=f"duplicate key {key!r}: each key may appear once in a mapping",
-                        pointer=pointer_of([*_find(root, key_node), key]),
-                        document=index,
-                    )
-                )
+                problems = converter.errors(path, index, root)
+                errors += problems
+                if not converter.bad_keys and not converter.refusals:
+                    documents.append(Document(path=path, index=index, data=value, text=text))
             index += 1
     except yaml.YAMLError as exc:
-        errors.append(_syntax_error(path, exc))
+        errors.append(_syntax_error(path, text, exc))
     return LoadedFile(path=path, documents=documents, errors=errors)
