@@ -111,10 +111,11 @@ def _plan_json(plan: Plan, against: str | None) -> dict[str, Any]:
             {
                 "workflow": g.workflow,
                 "step": g.step,
-                "required": g.required,
-                "approvers": list(g.approvers),
-                "timeout": _duration_text(g.timeout) if g.timeout else None,
-                "on_timeout": g.on_timeout,
+                "required": g.policy.required,
+                "approvers": list(g.policy.approvers),
+                "allow_author": g.policy.allow_author,
+                "timeout": _duration_text(g.policy.timeout) if g.policy.timeout else None,
+                "on_timeout": g.policy.on_timeout,
             }
             for g in plan.gates
         ],
@@ -147,10 +148,15 @@ def _print_plan(plan: Plan, path: str, against: str | None, console: Console) ->
     if plan.gates:
         console.print("Approval gates:", highlight=False)
     for g in plan.gates:
-        who = ", ".join(g.approvers) if g.approvers else "anyone with write access"
-        limit = f"; after {_duration_text(g.timeout)}: {g.on_timeout}" if g.timeout else ""
+        policy = g.policy
+        who = ", ".join(policy.approvers) if policy.approvers else "anyone with write access"
+        limit = (
+            f"; after {_duration_text(policy.timeout)}: {policy.on_timeout}"
+            if policy.timeout
+            else ""
+        )
         console.print(
-            f"  {g.workflow}/{g.step}: {g.required} approval(s) from {escape(who)}{limit}",
+            f"  {g.workflow}/{g.step}: {policy.required} approval(s) from {escape(who)}{limit}",
             highlight=False,
             soft_wrap=True,
         )

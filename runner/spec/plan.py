@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal
 
-from runner.model import Bundle, Schedule
+from runner.model import ApprovalPolicy, Bundle, Schedule
 from runner.spec.timing import next_fires
 
 Action = Literal["added", "changed", "removed", "unchanged"]
@@ -34,10 +34,7 @@ class ScheduleChange:
 class Gate:
     workflow: str
     step: str
-    required: int
-    approvers: tuple[str, ...]
-    timeout: float | None
-    on_timeout: str
+    policy: ApprovalPolicy
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -90,14 +87,7 @@ def make_plan(new: Bundle, old: Bundle, *, now: datetime, fires: int = 3) -> Pla
         for s in sorted(old_schedules - new_schedules, key=lambda s: (s.workflow, s.cron))
     ]
     gates = [
-        Gate(
-            workflow=w.name,
-            step=step.id,
-            required=step.approval.required,
-            approvers=step.approval.approvers,
-            timeout=step.approval.timeout,
-            on_timeout=step.approval.on_timeout,
-        )
+        Gate(workflow=w.name, step=step.id, policy=step.approval)
         for w in sorted(new.workflows.values(), key=lambda w: w.name)
         for step in w.steps
         if step.approval is not None

@@ -30,8 +30,8 @@ def test_first_apply_adds_everything_and_shows_next_fires() -> None:
         "2026-12-01T03:00:00+01:00",
     ]
     (gate,) = plan.gates
-    assert (gate.workflow, gate.step, gate.required) == ("pr-security-review", "patch", 1)
-    assert gate.approvers == ("@acme/security", "alice")
+    assert (gate.workflow, gate.step, gate.policy.required) == ("pr-security-review", "patch", 1)
+    assert gate.policy.approvers == ("@acme/security", "alice")
 
 
 def test_same_bundle_is_no_change() -> None:
