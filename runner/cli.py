@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -15,8 +17,9 @@ from rich.console import Console
 from rich.markup import escape
 
 from runner import __version__
-from runner.errors import SpecError, UsageError
+from runner.errors import SpecError, TransientError, UsageError
 from runner.model import Bundle
+from runner.settings import Settings, load_settings
 from runner.spec.compile import compile_files
 from runner.spec.plan import Plan, make_plan
 from runner.spec.repo import builtin_agents, load_paths
@@ -198,6 +201,50 @@ def plan(path: str, against: str | None, output: str) -> None:
         click.echo(json.dumps(_plan_json(report, against), indent=2))
     else:
         _print_plan(report, path, against, Console())
+
+
+config_option = click.option(
+    "--config",
+    "config_path",
+    metavar="FILE",
+    help="Configuration file (default: $RUNNER_CONFIG, or ./runner.yaml when it exists).",
+)
+
+
+@cli.group()
+def db() -> None:
+    """The database: schema migrations."""
+
+
+@db.command()
+@config_option
+@_usage_errors
+def migrate(config_path: str | None) -> None:
+    """Bring the database schema up to date (runner serve also does this at start)."""
+    settings = load_settings(config_path)
+    applied = asyncio.run(_migrate(settings))
+    for name in applied:
+        click.echo(f"applied {name}")
+    click.echo("database schema is up to date" + (" (nothing to apply)" if not applied else ""))
+
+
+async def _migrate(settings: Settings) -> list[str]:
+    from runner.store.base import open_store
+
+    logging.getLogger("psycopg.pool").setLevel(logging.ERROR)  # the failure is reported below
+    store = open_store(
+        settings.database.url,
+        pool_size=settings.database.pool_size,
+        connect_timeout=settings.database.connect_timeout,
+        log_limit=settings.database.log_limit,
+    )
+    try:
+        await store.open()
+        return await store.migrate()
+    except TransientError as exc:
+        raise click.ClickException(f"cannot reach the database: {exc}") from None
+    finally:
+        await store.close()
 
 
 def main() -> None:

@@ -117,3 +117,184 @@ class Bundle:
 
     workflows: Mapping[str, Workflow] = field(default_factory=dict)
     agents: Mapping[str, Agent] = field(default_factory=dict)
+
+
+# --- Run-time records (what the store keeps) -------------------------------------------------
+
+RunStatus = Literal[
+    "queued",
+    "running",
+    "waiting_approval",
+    "succeeded",
+    "failed",
+    "cancelled",
+    "rejected",
+    "skipped",
+]
+StepStatus = Literal[
+    "pending",
+    "running",
+    "waiting_approval",
+    "succeeded",
+    "failed",
+    "skipped",
+    "cancelled",
+    "rejected",
+]
+FINISHED: frozenset[str] = frozenset({"succeeded", "failed", "cancelled", "rejected", "skipped"})
+
+# For each run status, the statuses a run may come from. `queued` from a finished failure is a
+# retry; `skipped` is a run its concurrency group decided not to start.
+RUN_TRANSITIONS: Mapping[str, frozenset[str]] = {
+    "queued": frozenset({"failed", "cancelled", "rejected"}),
+    "running": frozenset({"queued", "waiting_approval"}),
+    "waiting_approval": frozenset({"running"}),
+    "succeeded": frozenset({"running"}),
+    "failed": frozenset({"queued", "running", "waiting_approval"}),
+    "cancelled": frozenset({"queued", "running", "waiting_approval"}),
+    "rejected": frozenset({"running", "waiting_approval"}),
+    "skipped": frozenset({"queued"}),
+}
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunRequest:
+    """A request to run a workflow at a revision; the idempotency key makes it happen once."""
+
+    workflow: str
+    source: str
+    revision: str
+    idempotency_key: str
+    trigger: Mapping[str, Any] = field(default_factory=dict)
+    inputs: Mapping[str, Any] = field(default_factory=dict)
+    concurrency_group: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class Run:
+    id: int
+    workflow: str
+    source: str
+    revision: str
+    status: RunStatus
+    idempotency_key: str
+    created_at: float
+    updated_at: float
+    trigger: Mapping[str, Any] = field(default_factory=dict)
+    inputs: Mapping[str, Any] = field(default_factory=dict)
+    concurrency_group: str | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
+    lease_owner: str | None = None
+    lease_expires_at: float | None = None
+    error: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class StepRun:
+    run_id: int
+    step_id: str
+    status: StepStatus
+    attempt: int = 0
+    started_at: float | None = None
+    finished_at: float | None = None
+    outputs: Mapping[str, Any] | None = None
+    error: str | None = None
+    inputs_digest: str | None = None
+    log_size: int = 0
+    log_truncated: bool = False
+
+
+@dataclass(frozen=True, kw_only=True)
+class LogSlice:
+    """Part of a step's log from `offset`; `next_offset` is where the next read starts."""
+
+    data: bytes
+    offset: int
+    next_offset: int
+    truncated: bool
+
+
+@dataclass(frozen=True, kw_only=True)
+class Event:
+    """An inbound webhook delivery, stored before it is answered."""
+
+    id: int
+    forge: str
+    delivery_id: str
+    event_type: str
+    headers: Mapping[str, str]
+    body: bytes
+    received_at: float
+    status: Literal["pending", "done", "failed"] = "pending"
+    attempts: int = 0
+    error: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class Approval:
+    """A gate a step waits at, bound to what the approvers are shown."""
+
+    id: int
+    run_id: int
+    step_id: str
+    status: Literal["pending", "approved", "rejected", "expired"]
+    policy: ApprovalPolicy
+    sha: str | None
+    revision: str
+    inputs_digest: str
+    requested_at: float
+    deadline: float | None = None
+    decided_at: float | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class Decision:
+    """One person's (or the timeout's) decision on an approval; append-only."""
+
+    approval_id: int
+    actor: str
+    decision: Literal["approve", "reject"]
+    via: Literal["cli", "api", "comment", "timeout"]
+    sha: str | None
+    revision: str
+    inputs_digest: str
+    comment: str = ""
+    url: str | None = None
+    id: int = 0
+    created_at: float = 0.0
+
+
+@dataclass(frozen=True, kw_only=True)
+class Condition:
+    type: Literal["Ready", "Reconciling", "Stalled"]
+    status: bool
+    reason: str
+    message: str = ""
+    changed_at: float = 0.0
+
+
+@dataclass(frozen=True, kw_only=True)
+class SourceStatus:
+    """What the reconciler last did with a source."""
+
+    name: str
+    applied_revision: str | None = None
+    applied_at: float | None = None
+    attempted_revision: str | None = None
+    attempted_at: float | None = None
+    conditions: tuple[Condition, ...] = ()
+    errors: tuple[Mapping[str, Any], ...] = ()
+    last_fetch_at: float | None = None
+    last_fetch_duration: float | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class StoredDocument:
+    """A workflow or agent document of an applied revision, by content digest."""
+
+    kind: Literal["Workflow", "Agent"]
+    name: str
+    digest: str
+    content: Mapping[str, Any]
+    path: str = ""

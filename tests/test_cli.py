@@ -167,3 +167,31 @@ def test_help_everywhere() -> None:
         done = runner(*args)
         assert done.returncode == 0
         assert "Usage: runner" in done.stdout
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_db_migrate_applies_once(
+    backend: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    if backend == "sqlite":
+        url = f"sqlite:///{tmp_path}/state/runner.db"
+    else:
+        url = str(request.getfixturevalue("postgres_url"))
+    config = tmp_path / "runner.yaml"
+    config.write_text(f"database: {{url: '{url}'}}\n")
+    first = runner("db", "migrate", "--config", str(config))
+    assert first.returncode == 0, first.stderr
+    assert first.stdout.splitlines() == ["applied 0001_initial", "database schema is up to date"]
+    again = runner("db", "migrate", "--config", str(config))
+    assert again.stdout.strip() == "database schema is up to date (nothing to apply)"
+
+
+def test_db_migrate_unreachable_database_says_so_without_the_password(tmp_path: Path) -> None:
+    config = tmp_path / "runner.yaml"
+    url = "postgresql://runner:s3cret@127.0.0.1:1/x"
+    config.write_text(f"database: {{url: '{url}', connect_timeout: 1}}\n")
+    done = runner("db", "migrate", "--config", str(config))
+    assert done.returncode == 1
+    assert "cannot reach the database" in done.stderr
+    assert "s3cret" not in done.stderr + done.stdout
+    assert "error connecting" not in done.stderr  # one clear message, not the pool's retries

@@ -1,0 +1,173 @@
+"""Configuration: runner.yaml, overridden by RUNNER_<SECTION>_<KEY> environment variables.
+
+The file is read with the same position-tracking loader as workflows and checked against
+`schemas/config.schema.json`, so a typo is an error with its `file:line:col`, not a silently
+ignored key. Every command that touches state loads settings the same way, so it sees what
+`runner serve` sees. Secrets are never in the file: it names the variable or file holding them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from functools import cache
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import jsonschema_rs
+
+from runner.errors import SpecError, UsageError
+from runner.spec.schema import translate
+from runner.spec.yaml import Document, load_bytes, pointer_of
+
+DEFAULT_FILE = "runner.yaml"
+_SECTIONS = ("database", "listen", "executor", "rate_limits")
+_SOURCE_SHORTHAND = ("URL", "BRANCH", "PATH", "INTERVAL")
+
+
+@dataclass(frozen=True, kw_only=True)
+class DatabaseSettings:
+    url: str = "sqlite:///./runner.db"
+    pool_size: int = 10
+    connect_timeout: float = 10.0
+    log_limit: int = 5 * 1024 * 1024
+
+
+@dataclass(frozen=True, kw_only=True)
+class ListenSettings:
+    host: str = "127.0.0.1"
+    port: int = 8080
+
+
+@dataclass(frozen=True, kw_only=True)
+class ExecutorSettings:
+    kind: str = "local"
+    max_parallel: int = 4
+
+
+@dataclass(frozen=True, kw_only=True)
+class Settings:
+    """Validated configuration. Sections later parts of the runner own stay plain mappings
+    (validated by the schema) until those parts give them a record of their own."""
+
+    database: DatabaseSettings = field(default_factory=DatabaseSettings)
+    listen: ListenSettings = field(default_factory=ListenSettings)
+    executor: ExecutorSettings = field(default_factory=ExecutorSettings)
+    sources: tuple[Mapping[str, Any], ...] = ()
+    forges: tuple[Mapping[str, Any], ...] = ()
+    generic_webhook_secret_env: str | None = None
+    api: Mapping[str, Any] = field(default_factory=dict)
+    rate_limits: Mapping[str, Any] = field(default_factory=dict)
+    trusted_proxies: tuple[str, ...] = ()
+    path: str | None = None
+
+
+class ConfigInvalid(UsageError):
+    """The configuration file or environment is wrong; `errors` says where."""
+
+    def __init__(self, errors: list[SpecError]) -> None:
+        self.errors = errors
+        super().__init__("invalid configuration:\n" + "\n".join(f"  {e}" for e in errors))
+
+
+@cache
+def config_schema() -> dict[str, Any]:
+    text = resources.files("runner").joinpath("schemas", "config.schema.json").read_text("utf-8")
+    schema: dict[str, Any] = json.loads(text)
+    return schema
+
+
+def _coerce(raw: str, schema: Mapping[str, Any]) -> Any:
+    kind = schema.get("type")
+    if kind in ("integer", "number"):
+        try:
+            return int(raw) if kind == "integer" else float(raw)
+        except ValueError:
+            return raw  # the schema reports it as not a number
+    if kind == "array":
+        return [item.strip() for item in raw.split(",") if item.strip()]
+    return raw
+
+
+def _environment(data: dict[str, Any], env: Mapping[str, str]) -> dict[str, str]:
+    """Apply RUNNER_* overrides to `data` in place; return {JSON pointer: variable name}."""
+    props = config_schema()["properties"]
+    origin: dict[str, str] = {}
+    for section in _SECTIONS:
+        for key, sub in props[section]["properties"].items():
+            var = f"RUNNER_{section}_{key}".upper()
+            if var in env:
+                if not isinstance(data.get(section), dict):
+                    data[section] = {}
+                data[section][key] = _coerce(env[var], sub)
+                origin[pointer_of([section, key])] = var
+    var = "RUNNER_GENERIC_WEBHOOK_SECRET_ENV"
+    if var in env:
+        data["generic_webhook_secret_env"] = env[var]
+        origin["/generic_webhook_secret_env"] = var
+    if "RUNNER_SOURCE_URL" in env:
+        source: dict[str, Any] = {"name": "main"}
+        for key in _SOURCE_SHORTHAND:
+            if f"RUNNER_SOURCE_{key}" in env:
+                source[key.lower()] = env[f"RUNNER_SOURCE_{key}"]
+                origin[pointer_of(["sources", 0, key.lower()])] = f"RUNNER_SOURCE_{key}"
+        data["sources"] = [source]
+    return origin
+
+
+def _find_file(path: str | None, env: Mapping[str, str]) -> Path | None:
+    chosen = path or env.get("RUNNER_CONFIG")
+    if chosen:
+        if not Path(chosen).is_file():
+            raise UsageError(f"{chosen}: no such configuration file")
+        return Path(chosen)
+    default = Path(DEFAULT_FILE)
+    return default if default.is_file() else None
+
+
+def load_settings(path: str | None = None, env: Mapping[str, str] | None = None) -> Settings:
+    """Settings from `path` (or $RUNNER_CONFIG, or ./runner.yaml when it exists) and `env`.
+
+    Raises `ConfigInvalid` listing every problem, each at its line or its variable.
+    """
+    env = os.environ if env is None else env
+    file = _find_file(path, env)
+    data: dict[str, Any] = {}
+    document: Document | None = None
+    if file is not None:
+        loaded = load_bytes(str(file), file.read_bytes())
+        if loaded.errors:
+            raise ConfigInvalid(loaded.errors)
+        if loaded.documents:
+            document = loaded.documents[0]
+            if not isinstance(document.data, dict):
+                raise ConfigInvalid([document.error([], "the configuration must be a mapping")])
+            data = json.loads(json.dumps(document.data))  # a copy the environment may change
+    origin = _environment(data, env)
+    validator = jsonschema_rs.validator_for(config_schema())
+    errors = []
+    for parts, message, at_key in translate(validator, config_schema(), data):
+        var = origin.get(pointer_of(parts))
+        if var is not None:
+            errors.append(SpecError(path=f"${var}", line=1, column=1, message=message))
+        elif document is not None:
+            errors.append(document.error(parts, message, key=at_key))
+        else:
+            errors.append(SpecError(path="<settings>", line=1, column=1, message=message))
+    if errors:
+        raise ConfigInvalid(errors)
+    return Settings(
+        database=DatabaseSettings(**data.get("database", {})),
+        listen=ListenSettings(**data.get("listen", {})),
+        executor=ExecutorSettings(**data.get("executor", {})),
+        sources=tuple(data.get("sources", ())),
+        forges=tuple(data.get("forges", ())),
+        generic_webhook_secret_env=data.get("generic_webhook_secret_env"),
+        api=data.get("api", {}),
+        rate_limits=data.get("rate_limits", {}),
+        trusted_proxies=tuple(data.get("trusted_proxies", ())),
+        path=str(file) if file else None,
+    )

@@ -1,0 +1,206 @@
+"""The one interface to everything durable, and the registry of its backends.
+
+Every contract below holds on every backend and with several processes (replicas) sharing one
+database: correctness comes from constraints and transactions, never from timing. Times are Unix
+epoch seconds (float). Methods raise `runner.errors.TransientError` when the database cannot be
+reached after the backend's own retries, and never leave a change half-written.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol
+
+from runner.errors import UsageError
+from runner.model import (
+    Approval,
+    Decision,
+    Event,
+    LogSlice,
+    Run,
+    RunRequest,
+    RunStatus,
+    SourceStatus,
+    StepRun,
+    StoredDocument,
+)
+
+DEFAULT_URL = "sqlite:///./runner.db"
+LOG_LIMIT = 5 * 1024 * 1024
+TRUNCATION_MARKER = b"\n[runner: log truncated at %d bytes; the rest was dropped]\n"
+
+
+class Store(Protocol):
+    """Sources, revisions, events, runs, steps, logs, approvals and leases."""
+
+    # -- lifecycle -------------------------------------------------------------------------------
+    async def open(self) -> None:
+        """Connect. Does not migrate: call `migrate` (the service does at start)."""
+
+    async def close(self) -> None:
+        """Release connections; the store is unusable afterwards."""
+
+    async def migrate(self) -> list[str]:
+        """Apply pending migrations in order; return the names applied (empty when current).
+
+        Safe to run twice and from two processes at once: one applies, the other finds nothing
+        left to do.
+        """
+
+    async def pending_migrations(self) -> list[str]:
+        """Names of migrations not yet applied (readiness reports this)."""
+
+    # -- sources and revisions ------------------------------------------------------------------
+    async def save_source_status(self, status: SourceStatus) -> None:
+        """Create or replace the status of one source."""
+
+    async def get_source_status(self, name: str) -> SourceStatus | None:
+        """The status of one source, or None if it was never saved."""
+
+    async def list_source_statuses(self) -> list[SourceStatus]:
+        """Every source's status, by name."""
+
+    async def apply_revision(
+        self, source: str, revision: str, documents: Sequence[StoredDocument]
+    ) -> None:
+        """Make `documents` the applied set of `source` at `revision`, in one transaction.
+
+        Readers see either the previous revision's documents or all of these, never a mix.
+        Documents of earlier revisions stay readable (runs are pinned to their revision).
+        Applying the revision that is already applied changes nothing.
+        """
+
+    async def applied_documents(self, source: str) -> tuple[str | None, list[StoredDocument]]:
+        """(applied revision, its documents by kind and name); (None, []) before the first."""
+
+    async def revision_documents(self, source: str, revision: str) -> list[StoredDocument]:
+        """The documents a source had at an applied revision (what a pinned run runs)."""
+
+    # -- inbound events -------------------------------------------------------------------------
+    async def add_event(
+        self,
+        *,
+        forge: str,
+        delivery_id: str,
+        event_type: str,
+        headers: Mapping[str, str],
+        body: bytes,
+    ) -> tuple[Event, bool]:
+        """Store a delivery durably; (event, True) when new, (existing, False) for a duplicate
+        (same forge and delivery id), whoever stored it first."""
+
+    async def claim_events(self, node: str, lease: float, limit: int) -> list[Event]:
+        """Lease up to `limit` pending events, oldest first, that no live lease holds."""
+
+    async def finish_event(self, event_id: int, *, error: str | None = None) -> None:
+        """Mark an event done (or failed with `error`) and drop its lease."""
+
+    # -- runs -----------------------------------------------------------------------------------
+    async def request_run(self, request: RunRequest) -> tuple[Run, bool]:
+        """Queue a run; (run, True) when created, (existing run, False) when a run with the
+        same idempotency key exists already. Never two runs for one key."""
+
+    async def get_run(self, run_id: int) -> Run | None:
+        """One run, or None."""
+
+    async def list_runs(
+        self,
+        *,
+        workflow: str | None = None,
+        status: Sequence[RunStatus] | None = None,
+        since: float | None = None,
+        before_id: int | None = None,
+        limit: int = 50,
+    ) -> list[Run]:
+        """Runs, newest first, filtered; `before_id` pages (pass the last id of a page)."""
+
+    async def transition_run(
+        self, run_id: int, to: RunStatus, *, error: str | None = None
+    ) -> Run | None:
+        """Move a run to `to` if `model.RUN_TRANSITIONS` allows it from its current status.
+
+        Returns the updated run, or None when the transition is not allowed (the caller lost a
+        race or the run is finished). Sets `started_at` on the first `running` and
+        `finished_at` on a finished status; a finished run also loses its lease.
+        """
+
+    async def count_runs(self, *, status: Sequence[RunStatus]) -> int:
+        """How many runs are in these statuses (queue depth, waiting approvals)."""
+
+    # -- leases ---------------------------------------------------------------------------------
+    async def acquire_runs(self, node: str, lease: float, limit: int) -> list[Run]:
+        """Lease up to `limit` runs that are queued or running and hold no live lease, oldest
+        first. Two nodes never hold the same run: a run is returned to one caller only until
+        its lease expires or is released."""
+
+    async def extend_leases(self, node: str, run_ids: Sequence[int], lease: float) -> list[int]:
+        """Push back the expiry of leases `node` still holds; return those ids (a run missing
+        from the answer was lost, e.g. reaped after expiry, and must not be worked on)."""
+
+    async def release_run(self, node: str, run_id: int) -> bool:
+        """Drop `node`'s lease on a run; False when `node` did not hold it."""
+
+    async def reap_abandoned(self) -> list[int]:
+        """Clear expired leases of unfinished runs and expired event leases; return the run ids
+        (so they can be counted and logged). Expired leases are also free to acquire anyway."""
+
+    # -- steps and logs -------------------------------------------------------------------------
+    async def save_step(self, step: StepRun) -> None:
+        """Create or replace a step's record (status, attempt, outputs, error, digest)."""
+
+    async def get_steps(self, run_id: int) -> list[StepRun]:
+        """The step records of a run, in the order they were first saved."""
+
+    async def append_log(self, run_id: int, step_id: str, data: bytes) -> int:
+        """Append to a step's log; return its size. Past the cap the log gets one truncation
+        marker and further data is dropped (the step record says `log_truncated`)."""
+
+    async def read_log(
+        self, run_id: int, step_id: str, *, offset: int = 0, limit: int = 1 << 20
+    ) -> LogSlice:
+        """Up to `limit` bytes of a step's log from byte `offset`."""
+
+    # -- approvals ------------------------------------------------------------------------------
+    async def create_approval(self, approval: Approval) -> Approval:
+        """Open a gate (its id is assigned); a second call for the same run and step while one
+        is pending returns the pending one."""
+
+    async def get_approval(self, approval_id: int) -> Approval | None:
+        """One approval, or None."""
+
+    async def list_approvals(
+        self, *, status: str | None = None, run_id: int | None = None
+    ) -> list[Approval]:
+        """Approvals, oldest first, filtered by status and/or run."""
+
+    async def add_decision(self, decision: Decision) -> Decision:
+        """Append a decision (id and time assigned). Decisions are never changed or deleted."""
+
+    async def decisions(self, approval_id: int) -> list[Decision]:
+        """Every decision on an approval, in order."""
+
+    async def close_approval(self, approval_id: int, status: str) -> Approval | None:
+        """Move a pending approval to approved, rejected or expired; None if not pending."""
+
+    # -- retention ------------------------------------------------------------------------------
+    async def prune(self, *, older_than: float, keep_last: int) -> int:
+        """Delete runs finished before `older_than` (with their steps, logs and approvals),
+        keeping the newest `keep_last` finished runs of each workflow, and events handled
+        before `older_than`. Returns the number of runs deleted."""
+
+
+def open_store(url: str, **options: Any) -> Store:
+    """The store for a database URL: `sqlite:///path` or `postgresql://...`."""
+    scheme = url.split(":", 1)[0].lower()
+    if scheme == "sqlite":
+        from runner.store.sqlite import SqliteStore
+
+        return SqliteStore(url, **options)
+    if scheme in ("postgresql", "postgres"):
+        from runner.store.postgres import PostgresStore  # psycopg only when asked for
+
+        return PostgresStore(url, **options)
+    raise UsageError(
+        f"unknown database {scheme!r} in {url.split('@')[-1]!r}; expected one of "
+        "['postgresql', 'sqlite'], e.g. sqlite:///./runner.db or postgresql://user@host/db"
+    )

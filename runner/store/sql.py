@@ -1,0 +1,851 @@
+"""The store's logic in portable SQL, shared by the SQLite and PostgreSQL backends.
+
+A backend supplies connections and transactions (`_transaction`), the migration lock and the
+dialect's few differences; every query here runs unchanged on both (SQLite >= 3.35 has
+RETURNING and ON CONFLICT). Statements use `?` placeholders; the PostgreSQL backend rewrites
+them. Each public method is one transaction, retried as a whole on a transient error: every
+write is safe to repeat (idempotency keys, guarded transitions, ON CONFLICT).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
+from importlib import resources
+from typing import Any, Protocol, TypeVar
+
+from runner.errors import TransientError
+from runner.model import (
+    FINISHED,
+    RUN_TRANSITIONS,
+    Approval,
+    ApprovalPolicy,
+    Condition,
+    Decision,
+    Event,
+    LogSlice,
+    Run,
+    RunRequest,
+    RunStatus,
+    SourceStatus,
+    StepRun,
+    StoredDocument,
+)
+from runner.store.base import LOG_LIMIT, TRUNCATION_MARKER
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class Tx(Protocol):
+    """One open transaction."""
+
+    async def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
+        """Run a statement; the number of rows it changed."""
+
+    async def one(self, sql: str, params: Sequence[Any] = ()) -> tuple[Any, ...] | None:
+        """The first row of a query, or None."""
+
+    async def all(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """Every row of a query."""
+
+    async def script(self, sql: str) -> None:
+        """Run a migration file (several statements)."""
+
+
+_RUN = (
+    "id, workflow, source, revision, status, idempotency_key, trigger_info, inputs, "
+    "concurrency_group, created_at, updated_at, started_at, finished_at, lease_owner, "
+    "lease_expires_at, error"
+)
+_EVENT = "id, forge, delivery_id, event_type, headers, body, received_at, status, attempts, error"
+_STEP = (
+    "run_id, step_id, status, attempt, started_at, finished_at, outputs, error, inputs_digest, "
+    "log_size, log_truncated"
+)
+_APPROVAL = (
+    "id, run_id, step_id, status, policy, sha, revision, inputs_digest, requested_at, deadline, "
+    "decided_at"
+)
+_DECISION = (
+    "id, approval_id, actor, decision, via, comment, url, sha, revision, inputs_digest, created_at"
+)
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"))
+
+
+def _run(row: tuple[Any, ...]) -> Run:
+    return Run(
+        id=int(row[0]),
+        workflow=row[1],
+        source=row[2],
+        revision=row[3],
+        status=row[4],
+        idempotency_key=row[5],
+        trigger=json.loads(row[6]),
+        inputs=json.loads(row[7]),
+        concurrency_group=row[8],
+        created_at=row[9],
+        updated_at=row[10],
+        started_at=row[11],
+        finished_at=row[12],
+        lease_owner=row[13],
+        lease_expires_at=row[14],
+        error=row[15],
+    )
+
+
+def _event(row: tuple[Any, ...]) -> Event:
+    return Event(
+        id=int(row[0]),
+        forge=row[1],
+        delivery_id=row[2],
+        event_type=row[3],
+        headers=json.loads(row[4]),
+        body=bytes(row[5]),
+        received_at=row[6],
+        status=row[7],
+        attempts=row[8],
+        error=row[9],
+    )
+
+
+def _step(row: tuple[Any, ...]) -> StepRun:
+    return StepRun(
+        run_id=int(row[0]),
+        step_id=row[1],
+        status=row[2],
+        attempt=row[3],
+        started_at=row[4],
+        finished_at=row[5],
+        outputs=json.loads(row[6]) if row[6] is not None else None,
+        error=row[7],
+        inputs_digest=row[8],
+        log_size=row[9],
+        log_truncated=bool(row[10]),
+    )
+
+
+def _policy(text: str) -> ApprovalPolicy:
+    raw = json.loads(text)
+    raw["approvers"] = tuple(raw.get("approvers", ()))
+    return ApprovalPolicy(**raw)
+
+
+def _approval(row: tuple[Any, ...]) -> Approval:
+    return Approval(
+        id=int(row[0]),
+        run_id=int(row[1]),
+        step_id=row[2],
+        status=row[3],
+        policy=_policy(row[4]),
+        sha=row[5],
+        revision=row[6],
+        inputs_digest=row[7],
+        requested_at=row[8],
+        deadline=row[9],
+        decided_at=row[10],
+    )
+
+
+def _decision(row: tuple[Any, ...]) -> Decision:
+    return Decision(
+        id=int(row[0]),
+        approval_id=int(row[1]),
+        actor=row[2],
+        decision=row[3],
+        via=row[4],
+        comment=row[5],
+        url=row[6],
+        sha=row[7],
+        revision=row[8],
+        inputs_digest=row[9],
+        created_at=row[10],
+    )
+
+
+def _source(row: tuple[Any, ...]) -> SourceStatus:
+    return SourceStatus(
+        name=row[0],
+        applied_revision=row[1],
+        applied_at=row[2],
+        attempted_revision=row[3],
+        attempted_at=row[4],
+        conditions=tuple(Condition(**c) for c in json.loads(row[5])),
+        errors=tuple(json.loads(row[6])),
+        last_fetch_at=row[7],
+        last_fetch_duration=row[8],
+    )
+
+
+def migrations(dialect: str) -> list[tuple[int, str, str]]:
+    """(version, name, SQL) of the backend's migration files, in order."""
+    folder = resources.files("runner.store").joinpath("migrations", dialect)
+    found = []
+    for entry in folder.iterdir():
+        if entry.name.endswith(".sql"):
+            version = int(entry.name.split("_", 1)[0])
+            found.append((version, entry.name.removesuffix(".sql"), entry.read_text("utf-8")))
+    return sorted(found)
+
+
+class SqlStore:
+    """Implements `runner.store.base.Store` on top of a backend's transactions."""
+
+    dialect = "sql"
+    skip_locked = ""  # PostgreSQL: " FOR UPDATE SKIP LOCKED"
+    retries = 8
+
+    def __init__(
+        self, *, log_limit: int = LOG_LIMIT, clock: Callable[[], float] = time.time
+    ) -> None:
+        self.log_limit = log_limit
+        self.clock = clock
+
+    # -- what a backend provides -----------------------------------------------------------------
+    def _transaction(self, *, write: bool) -> AbstractAsyncContextManager[Tx]:
+        raise NotImplementedError
+
+    async def _lock_migrations(self, tx: Tx) -> None:
+        """Keep two processes from migrating at once (held until the transaction ends)."""
+
+    # -- plumbing ---------------------------------------------------------------------------------
+    async def _in_tx(self, body: Callable[[Tx], Awaitable[T]], *, write: bool = True) -> T:
+        delay = 0.02
+        for attempt in range(self.retries):
+            try:
+                async with self._transaction(write=write) as tx:
+                    return await body(tx)
+            except TransientError as exc:
+                if attempt == self.retries - 1:
+                    raise
+                log.warning("database busy or unreachable, retrying: %s", exc)
+                await asyncio.sleep(delay * (1 + random.random()))
+                delay = min(delay * 2, 2.0)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    # -- migrations -------------------------------------------------------------------------------
+    async def _applied_versions(self, tx: Tx) -> set[int]:
+        await tx.execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations ("
+            "version INTEGER PRIMARY KEY, name TEXT NOT NULL,"
+            " applied_at DOUBLE PRECISION NOT NULL)"
+        )
+        return {int(r[0]) for r in await tx.all("SELECT version FROM schema_migrations")}
+
+    async def migrate(self) -> list[str]:
+        async def body(tx: Tx) -> list[str]:
+            await self._lock_migrations(tx)
+            done = await self._applied_versions(tx)
+            applied = []
+            for version, name, sql in migrations(self.dialect):
+                if version in done:
+                    continue
+                await tx.script(sql)
+                await tx.execute(
+                    "INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)",
+                    (version, name, self.clock()),
+                )
+                applied.append(name)
+            return applied
+
+        names = await self._in_tx(body)
+        for name in names:
+            log.info("applied migration %s", name)
+        return names
+
+    async def pending_migrations(self) -> list[str]:
+        async def body(tx: Tx) -> list[str]:
+            await self._lock_migrations(tx)
+            done = await self._applied_versions(tx)
+            return [name for version, name, _ in migrations(self.dialect) if version not in done]
+
+        return await self._in_tx(body)
+
+    # -- sources and revisions --------------------------------------------------------------------
+    async def save_source_status(self, status: SourceStatus) -> None:
+        conditions = _dumps(
+            [
+                {
+                    "type": c.type,
+                    "status": c.status,
+                    "reason": c.reason,
+                    "message": c.message,
+                    "changed_at": c.changed_at,
+                }
+                for c in status.conditions
+            ]
+        )
+        values = (
+            status.name,
+            status.attempted_revision,
+            status.attempted_at,
+            conditions,
+            _dumps(list(status.errors)),
+            status.last_fetch_at,
+            status.last_fetch_duration,
+            self.clock(),
+        )
+
+        async def body(tx: Tx) -> None:
+            await tx.execute(
+                "INSERT INTO sources (name, attempted_revision, attempted_at, conditions, errors,"
+                " last_fetch_at, last_fetch_duration, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT (name) DO UPDATE SET"
+                " attempted_revision = excluded.attempted_revision,"
+                " attempted_at = excluded.attempted_at, conditions = excluded.conditions,"
+                " errors = excluded.errors, last_fetch_at = excluded.last_fetch_at,"
+                " last_fetch_duration = excluded.last_fetch_duration,"
+                " updated_at = excluded.updated_at",
+                values,
+            )
+
+        await self._in_tx(body)
+
+    _SOURCE = (
+        "SELECT name, applied_revision, applied_at, attempted_revision, attempted_at, conditions,"
+        " errors, last_fetch_at, last_fetch_duration FROM sources"
+    )
+
+    async def get_source_status(self, name: str) -> SourceStatus | None:
+        async def body(tx: Tx) -> SourceStatus | None:
+            row = await tx.one(self._SOURCE + " WHERE name = ?", (name,))
+            return _source(row) if row else None
+
+        return await self._in_tx(body, write=False)
+
+    async def list_source_statuses(self) -> list[SourceStatus]:
+        async def body(tx: Tx) -> list[SourceStatus]:
+            return [_source(r) for r in await tx.all(self._SOURCE + " ORDER BY name")]
+
+        return await self._in_tx(body, write=False)
+
+    async def apply_revision(
+        self, source: str, revision: str, documents: Sequence[StoredDocument]
+    ) -> None:
+        now = self.clock()
+
+        async def body(tx: Tx) -> None:
+            fresh = await tx.execute(
+                "INSERT INTO revisions (source, revision, applied_at) VALUES (?, ?, ?)"
+                " ON CONFLICT (source, revision) DO NOTHING",
+                (source, revision, now),
+            )
+            if fresh:
+                for doc in documents:
+                    await tx.execute(
+                        "INSERT INTO document_contents (digest, content) VALUES (?, ?)"
+                        " ON CONFLICT (digest) DO NOTHING",
+                        (doc.digest, _dumps(doc.content)),
+                    )
+                    await tx.execute(
+                        "INSERT INTO documents (source, revision, kind, name, digest, path)"
+                        " VALUES (?, ?, ?, ?, ?, ?)",
+                        (source, revision, doc.kind, doc.name, doc.digest, doc.path),
+                    )
+            await tx.execute(
+                "INSERT INTO sources (name, applied_revision, applied_at, updated_at)"
+                " VALUES (?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET"
+                " applied_revision = excluded.applied_revision, applied_at = excluded.applied_at,"
+                " updated_at = excluded.updated_at",
+                (source, revision, now, now),
+            )
+
+        await self._in_tx(body)
+
+    async def _documents(self, tx: Tx, source: str, revision: str) -> list[StoredDocument]:
+        rows = await tx.all(
+            "SELECT d.kind, d.name, d.digest, c.content, d.path FROM documents d"
+            " JOIN document_contents c ON c.digest = d.digest"
+            " WHERE d.source = ? AND d.revision = ? ORDER BY d.kind, d.name",
+            (source, revision),
+        )
+        return [
+            StoredDocument(kind=r[0], name=r[1], digest=r[2], content=json.loads(r[3]), path=r[4])
+            for r in rows
+        ]
+
+    async def applied_documents(self, source: str) -> tuple[str | None, list[StoredDocument]]:
+        async def body(tx: Tx) -> tuple[str | None, list[StoredDocument]]:
+            row = await tx.one("SELECT applied_revision FROM sources WHERE name = ?", (source,))
+            if row is None or row[0] is None:
+                return None, []
+            return row[0], await self._documents(tx, source, row[0])
+
+        return await self._in_tx(body, write=False)
+
+    async def revision_documents(self, source: str, revision: str) -> list[StoredDocument]:
+        async def body(tx: Tx) -> list[StoredDocument]:
+            return await self._documents(tx, source, revision)
+
+        return await self._in_tx(body, write=False)
+
+    # -- events -----------------------------------------------------------------------------------
+    async def add_event(
+        self,
+        *,
+        forge: str,
+        delivery_id: str,
+        event_type: str,
+        headers: Mapping[str, str],
+        body: bytes,
+    ) -> tuple[Event, bool]:
+        now = self.clock()
+
+        async def tx_body(tx: Tx) -> tuple[Event, bool]:
+            row = await tx.one(
+                "INSERT INTO events (forge, delivery_id, event_type, headers, body, received_at)"
+                " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (forge, delivery_id) DO NOTHING"
+                f" RETURNING {_EVENT}",
+                (forge, delivery_id, event_type, _dumps(dict(headers)), body, now),
+            )
+            if row is not None:
+                return _event(row), True
+            existing = await tx.one(
+                f"SELECT {_EVENT} FROM events WHERE forge = ? AND delivery_id = ?",
+                (forge, delivery_id),
+            )
+            assert existing is not None
+            return _event(existing), False
+
+        return await self._in_tx(tx_body)
+
+    async def claim_events(self, node: str, lease: float, limit: int) -> list[Event]:
+        now = self.clock()
+
+        async def body(tx: Tx) -> list[Event]:
+            rows = await tx.all(
+                f"UPDATE events SET lease_owner = ?, lease_expires_at = ?, attempts = attempts + 1"
+                f" WHERE id IN (SELECT id FROM events WHERE status = 'pending'"
+                f" AND (lease_owner IS NULL OR lease_expires_at < ?) ORDER BY id LIMIT ?"
+                f"{self.skip_locked}) RETURNING {_EVENT}",
+                (node, now + lease, now, limit),
+            )
+            return sorted((_event(r) for r in rows), key=lambda e: e.id)
+
+        return await self._in_tx(body)
+
+    async def finish_event(self, event_id: int, *, error: str | None = None) -> None:
+        async def body(tx: Tx) -> None:
+            await tx.execute(
+                "UPDATE events SET status = ?, error = ?, handled_at = ?, lease_owner = NULL,"
+                " lease_expires_at = NULL WHERE id = ?",
+                ("failed" if error else "done", error, self.clock(), event_id),
+            )
+
+        await self._in_tx(body)
+
+    # -- runs -------------------------------------------------------------------------------------
+    async def request_run(self, request: RunRequest) -> tuple[Run, bool]:
+        now = self.clock()
+        values = (
+            request.workflow,
+            request.source,
+            request.revision,
+            request.idempotency_key,
+            _dumps(dict(request.trigger)),
+            _dumps(dict(request.inputs)),
+            request.concurrency_group,
+            now,
+            now,
+        )
+
+        async def body(tx: Tx) -> tuple[Run, bool]:
+            row = await tx.one(
+                "INSERT INTO runs (workflow, source, revision, status, idempotency_key,"
+                " trigger_info, inputs, concurrency_group, created_at, updated_at)"
+                " VALUES (?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?)"
+                f" ON CONFLICT (idempotency_key) DO NOTHING RETURNING {_RUN}",
+                values,
+            )
+            if row is not None:
+                return _run(row), True
+            existing = await tx.one(
+                f"SELECT {_RUN} FROM runs WHERE idempotency_key = ?", (request.idempotency_key,)
+            )
+            assert existing is not None
+            return _run(existing), False
+
+        return await self._in_tx(body)
+
+    async def get_run(self, run_id: int) -> Run | None:
+        async def body(tx: Tx) -> Run | None:
+            row = await tx.one(f"SELECT {_RUN} FROM runs WHERE id = ?", (run_id,))
+            return _run(row) if row else None
+
+        return await self._in_tx(body, write=False)
+
+    async def list_runs(
+        self,
+        *,
+        workflow: str | None = None,
+        status: Sequence[RunStatus] | None = None,
+        since: float | None = None,
+        before_id: int | None = None,
+        limit: int = 50,
+    ) -> list[Run]:
+        where, params = ["1 = 1"], list[Any]()
+        if workflow is not None:
+            where.append("workflow = ?")
+            params.append(workflow)
+        if status:
+            where.append(f"status IN ({', '.join('?' for _ in status)})")
+            params.extend(status)
+        if since is not None:
+            where.append("created_at >= ?")
+            params.append(since)
+        if before_id is not None:
+            where.append("id < ?")
+            params.append(before_id)
+        params.append(limit)
+        sql = f"SELECT {_RUN} FROM runs WHERE {' AND '.join(where)} ORDER BY id DESC LIMIT ?"
+
+        async def body(tx: Tx) -> list[Run]:
+            return [_run(r) for r in await tx.all(sql, params)]
+
+        return await self._in_tx(body, write=False)
+
+    async def transition_run(
+        self, run_id: int, to: RunStatus, *, error: str | None = None
+    ) -> Run | None:
+        allowed = sorted(RUN_TRANSITIONS[to])
+        now = self.clock()
+        marks = ", ".join("?" for _ in allowed)
+        if to in FINISHED:  # a finished run keeps no lease
+            extra = "finished_at = ?, lease_owner = NULL, lease_expires_at = NULL"
+        elif to == "running":
+            extra = "started_at = COALESCE(started_at, ?), finished_at = NULL"
+        else:
+            extra = "finished_at = NULL"
+        extra_params: tuple[Any, ...] = (now,) if "?" in extra else ()
+
+        async def body(tx: Tx) -> Run | None:
+            row = await tx.one(
+                f"UPDATE runs SET status = ?, updated_at = ?, error = ?, {extra}"
+                f" WHERE id = ? AND status IN ({marks}) RETURNING {_RUN}",
+                (to, now, error, *extra_params, run_id, *allowed),
+            )
+            return _run(row) if row else None
+
+        return await self._in_tx(body)
+
+    async def count_runs(self, *, status: Sequence[RunStatus]) -> int:
+        marks = ", ".join("?" for _ in status)
+
+        async def body(tx: Tx) -> int:
+            row = await tx.one(f"SELECT COUNT(*) FROM runs WHERE status IN ({marks})", status)
+            return int(row[0]) if row else 0
+
+        return await self._in_tx(body, write=False)
+
+    # -- leases -----------------------------------------------------------------------------------
+    async def acquire_runs(self, node: str, lease: float, limit: int) -> list[Run]:
+        now = self.clock()
+
+        async def body(tx: Tx) -> list[Run]:
+            rows = await tx.all(
+                "UPDATE runs SET lease_owner = ?, lease_expires_at = ?"
+                " WHERE id IN (SELECT id FROM runs WHERE status IN ('queued', 'running')"
+                " AND (lease_owner IS NULL OR lease_expires_at < ?) ORDER BY id LIMIT ?"
+                f"{self.skip_locked}) RETURNING {_RUN}",
+                (node, now + lease, now, limit),
+            )
+            return sorted((_run(r) for r in rows), key=lambda r: r.id)
+
+        return await self._in_tx(body)
+
+    async def extend_leases(self, node: str, run_ids: Sequence[int], lease: float) -> list[int]:
+        if not run_ids:
+            return []
+        now = self.clock()
+        marks = ", ".join("?" for _ in run_ids)
+
+        async def body(tx: Tx) -> list[int]:
+            rows = await tx.all(
+                "UPDATE runs SET lease_expires_at = ? WHERE lease_owner = ?"
+                f" AND lease_expires_at >= ? AND id IN ({marks}) RETURNING id",
+                (now + lease, node, now, *run_ids),
+            )
+            return sorted(int(r[0]) for r in rows)
+
+        return await self._in_tx(body)
+
+    async def release_run(self, node: str, run_id: int) -> bool:
+        async def body(tx: Tx) -> bool:
+            changed = await tx.execute(
+                "UPDATE runs SET lease_owner = NULL, lease_expires_at = NULL"
+                " WHERE id = ? AND lease_owner = ?",
+                (run_id, node),
+            )
+            return changed > 0
+
+        return await self._in_tx(body)
+
+    async def reap_abandoned(self) -> list[int]:
+        now = self.clock()
+
+        async def body(tx: Tx) -> list[int]:
+            rows = await tx.all(
+                "UPDATE runs SET lease_owner = NULL, lease_expires_at = NULL"
+                " WHERE lease_owner IS NOT NULL AND lease_expires_at < ? RETURNING id",
+                (now,),
+            )
+            await tx.execute(
+                "UPDATE events SET lease_owner = NULL, lease_expires_at = NULL"
+                " WHERE status = 'pending' AND lease_owner IS NOT NULL AND lease_expires_at < ?",
+                (now,),
+            )
+            return sorted(int(r[0]) for r in rows)
+
+        reaped = await self._in_tx(body)
+        if reaped:
+            log.warning("reaped %d abandoned run lease(s): %s", len(reaped), reaped)
+        return reaped
+
+    # -- steps and logs ---------------------------------------------------------------------------
+    async def save_step(self, step: StepRun) -> None:
+        values = (
+            step.run_id,
+            step.step_id,
+            step.run_id,
+            step.status,
+            step.attempt,
+            step.started_at,
+            step.finished_at,
+            _dumps(step.outputs) if step.outputs is not None else None,
+            step.error,
+            step.inputs_digest,
+        )
+
+        async def body(tx: Tx) -> None:
+            await tx.execute(
+                "INSERT INTO step_runs (run_id, step_id, seq, status, attempt, started_at,"
+                " finished_at, outputs, error, inputs_digest)"
+                " VALUES (?, ?, (SELECT COALESCE(MAX(seq), 0) + 1 FROM step_runs WHERE run_id = ?),"
+                " ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (run_id, step_id) DO UPDATE SET"
+                " status = excluded.status, attempt = excluded.attempt,"
+                " started_at = excluded.started_at, finished_at = excluded.finished_at,"
+                " outputs = excluded.outputs, error = excluded.error,"
+                " inputs_digest = excluded.inputs_digest",
+                values,
+            )
+
+        await self._in_tx(body)
+
+    async def get_steps(self, run_id: int) -> list[StepRun]:
+        async def body(tx: Tx) -> list[StepRun]:
+            rows = await tx.all(
+                f"SELECT {_STEP} FROM step_runs WHERE run_id = ? ORDER BY seq", (run_id,)
+            )
+            return [_step(r) for r in rows]
+
+        return await self._in_tx(body, write=False)
+
+    async def append_log(self, run_id: int, step_id: str, data: bytes) -> int:
+        async def body(tx: Tx) -> int:
+            row = await tx.one(
+                "SELECT log_size, log_truncated FROM step_runs WHERE run_id = ? AND step_id = ?",
+                (run_id, step_id),
+            )
+            if row is None:
+                await tx.execute(
+                    "INSERT INTO step_runs (run_id, step_id, seq, status) VALUES (?, ?, (SELECT"
+                    " COALESCE(MAX(seq), 0) + 1 FROM step_runs WHERE run_id = ?), 'pending')",
+                    (run_id, step_id, run_id),
+                )
+                row = (0, 0)
+            size, truncated = int(row[0]), bool(row[1])
+            if truncated or not data:
+                return size
+            room = self.log_limit - size
+            chunk, cut = (data, False) if len(data) <= room else (data[: max(room, 0)], True)
+            if cut:
+                chunk += TRUNCATION_MARKER % self.log_limit
+            await tx.execute(
+                "INSERT INTO step_logs (run_id, step_id, start_offset, data) VALUES (?, ?, ?, ?)",
+                (run_id, step_id, size, chunk),
+            )
+            await tx.execute(
+                "UPDATE step_runs SET log_size = ?, log_truncated = ?"
+                " WHERE run_id = ? AND step_id = ?",
+                (size + len(chunk), int(cut), run_id, step_id),
+            )
+            return size + len(chunk)
+
+        return await self._in_tx(body)
+
+    async def read_log(
+        self, run_id: int, step_id: str, *, offset: int = 0, limit: int = 1 << 20
+    ) -> LogSlice:
+        async def body(tx: Tx) -> LogSlice:
+            rows = await tx.all(
+                "SELECT start_offset, data FROM step_logs WHERE run_id = ? AND step_id = ?"
+                " AND start_offset < ? AND start_offset + LENGTH(data) > ? ORDER BY start_offset",
+                (run_id, step_id, offset + limit, offset),
+            )
+            state = await tx.one(
+                "SELECT log_truncated FROM step_runs WHERE run_id = ? AND step_id = ?",
+                (run_id, step_id),
+            )
+            buffer = b"".join(bytes(r[1]) for r in rows)
+            start = int(rows[0][0]) if rows else offset
+            data = buffer[offset - start : offset - start + limit] if rows else b""
+            return LogSlice(
+                data=data,
+                offset=offset,
+                next_offset=offset + len(data),
+                truncated=bool(state[0]) if state else False,
+            )
+
+        return await self._in_tx(body, write=False)
+
+    # -- approvals --------------------------------------------------------------------------------
+    async def create_approval(self, approval: Approval) -> Approval:
+        policy = {
+            "required": approval.policy.required,
+            "approvers": list(approval.policy.approvers),
+            "allow_author": approval.policy.allow_author,
+            "timeout": approval.policy.timeout,
+            "on_timeout": approval.policy.on_timeout,
+        }
+        values = (
+            approval.run_id,
+            approval.step_id,
+            _dumps(policy),
+            approval.sha,
+            approval.revision,
+            approval.inputs_digest,
+            approval.requested_at or self.clock(),
+            approval.deadline,
+        )
+
+        async def body(tx: Tx) -> Approval:
+            existing = await tx.one(
+                f"SELECT {_APPROVAL} FROM approvals WHERE run_id = ? AND step_id = ?"
+                " AND status = 'pending'",
+                (approval.run_id, approval.step_id),
+            )
+            if existing:
+                return _approval(existing)
+            row = await tx.one(
+                "INSERT INTO approvals (run_id, step_id, status, policy, sha, revision,"
+                " inputs_digest, requested_at, deadline) VALUES (?, ?, 'pending', ?, ?, ?, ?, ?, ?)"
+                f" RETURNING {_APPROVAL}",
+                values,
+            )
+            assert row is not None
+            return _approval(row)
+
+        return await self._in_tx(body)
+
+    async def get_approval(self, approval_id: int) -> Approval | None:
+        async def body(tx: Tx) -> Approval | None:
+            row = await tx.one(f"SELECT {_APPROVAL} FROM approvals WHERE id = ?", (approval_id,))
+            return _approval(row) if row else None
+
+        return await self._in_tx(body, write=False)
+
+    async def list_approvals(
+        self, *, status: str | None = None, run_id: int | None = None
+    ) -> list[Approval]:
+        where, params = ["1 = 1"], list[Any]()
+        if status is not None:
+            where.append("status = ?")
+            params.append(status)
+        if run_id is not None:
+            where.append("run_id = ?")
+            params.append(run_id)
+        sql = f"SELECT {_APPROVAL} FROM approvals WHERE {' AND '.join(where)} ORDER BY id"
+
+        async def body(tx: Tx) -> list[Approval]:
+            return [_approval(r) for r in await tx.all(sql, params)]
+
+        return await self._in_tx(body, write=False)
+
+    async def add_decision(self, decision: Decision) -> Decision:
+        values = (
+            decision.approval_id,
+            decision.actor,
+            decision.decision,
+            decision.via,
+            decision.comment,
+            decision.url,
+            decision.sha,
+            decision.revision,
+            decision.inputs_digest,
+            self.clock(),
+        )
+
+        async def body(tx: Tx) -> Decision:
+            row = await tx.one(
+                "INSERT INTO approval_decisions (approval_id, actor, decision, via, comment, url,"
+                " sha, revision, inputs_digest, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                f" RETURNING {_DECISION}",
+                values,
+            )
+            assert row is not None
+            return _decision(row)
+
+        return await self._in_tx(body)
+
+    async def decisions(self, approval_id: int) -> list[Decision]:
+        async def body(tx: Tx) -> list[Decision]:
+            rows = await tx.all(
+                f"SELECT {_DECISION} FROM approval_decisions WHERE approval_id = ? ORDER BY id",
+                (approval_id,),
+            )
+            return [_decision(r) for r in rows]
+
+        return await self._in_tx(body, write=False)
+
+    async def close_approval(self, approval_id: int, status: str) -> Approval | None:
+        if status not in ("approved", "rejected", "expired"):
+            raise ValueError(f"an approval closes as approved, rejected or expired, not {status!r}")
+
+        async def body(tx: Tx) -> Approval | None:
+            row = await tx.one(
+                "UPDATE approvals SET status = ?, decided_at = ? WHERE id = ?"
+                f" AND status = 'pending' RETURNING {_APPROVAL}",
+                (status, self.clock(), approval_id),
+            )
+            return _approval(row) if row else None
+
+        return await self._in_tx(body)
+
+    # -- retention --------------------------------------------------------------------------------
+    async def prune(self, *, older_than: float, keep_last: int) -> int:
+        finished = ", ".join(f"'{s}'" for s in sorted(FINISHED))
+
+        async def body(tx: Tx) -> int:
+            rows = await tx.all(
+                f"SELECT id FROM (SELECT id, finished_at, ROW_NUMBER() OVER"
+                f" (PARTITION BY workflow ORDER BY id DESC) AS newest FROM runs"
+                f" WHERE status IN ({finished})) ranked"
+                " WHERE newest > ? AND finished_at < ?",
+                (keep_last, older_than),
+            )
+            ids = [int(r[0]) for r in rows]
+            for start in range(0, len(ids), 500):
+                batch = ids[start : start + 500]
+                marks = ", ".join("?" for _ in batch)
+                await tx.execute(
+                    "DELETE FROM approval_decisions WHERE approval_id IN"
+                    f" (SELECT id FROM approvals WHERE run_id IN ({marks}))",
+                    batch,
+                )
+                for table in ("approvals", "step_logs", "step_runs"):
+                    await tx.execute(f"DELETE FROM {table} WHERE run_id IN ({marks})", batch)
+                await tx.execute(f"DELETE FROM runs WHERE id IN ({marks})", batch)
+            await tx.execute(
+                "DELETE FROM events WHERE status <> 'pending' AND handled_at < ?", (older_than,)
+            )
+            return len(ids)
+
+        return await self._in_tx(body)

@@ -1,0 +1,130 @@
+"""SQLite backend: the embedded default (`sqlite:///./runner.db`).
+
+One connection, driven by aiosqlite's own thread so no query blocks the event loop. Writers are
+serialised twice: in this process by a lock around each transaction, and across processes (a
+`runner approve` next to `runner serve`) by `BEGIN IMMEDIATE` with a busy timeout. WAL lets
+readers go on while one writes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+
+from runner.errors import TransientError, UsageError
+from runner.store.sql import SqlStore, Tx
+
+BUSY_TIMEOUT_MS = 10_000
+
+
+def sqlite_path(url: str) -> str:
+    """The file of a `sqlite:///relative` or `sqlite:////absolute` URL (`:memory:` allowed)."""
+    prefix = "sqlite:///"
+    if not url.startswith(prefix) or len(url) == len(prefix):
+        raise UsageError(
+            f"bad SQLite URL {url!r}: write sqlite:///relative/path.db or sqlite:////abs/path.db"
+        )
+    return url[len(prefix) :]
+
+
+def _split(script: str) -> list[str]:
+    """Statements of a migration file, split where SQLite says a statement is complete."""
+    statements, current = [], ""
+    for line in script.splitlines(keepends=True):
+        current += line
+        if sqlite3.complete_statement(current):
+            statements.append(current.strip())
+            current = ""
+    if current.strip() and not current.strip().startswith("--"):
+        statements.append(current.strip())
+    return statements
+
+
+class _SqliteTx:
+    def __init__(self, conn: aiosqlite.Connection) -> None:
+        self.conn = conn
+
+    async def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
+        cursor = await self.conn.execute(sql, tuple(params))
+        count = cursor.rowcount
+        await cursor.close()
+        return count
+
+    async def one(self, sql: str, params: Sequence[Any] = ()) -> tuple[Any, ...] | None:
+        cursor = await self.conn.execute(sql, tuple(params))
+        row = await cursor.fetchone()
+        await cursor.close()
+        return tuple(row) if row is not None else None
+
+    async def all(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        cursor = await self.conn.execute(sql, tuple(params))
+        rows = await cursor.fetchall()
+        await cursor.close()
+        return [tuple(r) for r in rows]
+
+    async def script(self, sql: str) -> None:
+        for statement in _split(sql):
+            await self.conn.execute(statement)
+
+
+class SqliteStore(SqlStore):
+    dialect = "sqlite"
+
+    def __init__(
+        self, url: str, *, pool_size: int = 1, connect_timeout: float = 10.0, **options: Any
+    ) -> None:
+        super().__init__(**options)  # one connection: pool_size and connect_timeout don't apply
+        self.path = sqlite_path(url)
+        self._conn: aiosqlite.Connection | None = None
+        self._lock = asyncio.Lock()
+
+    async def open(self) -> None:
+        if self.path != ":memory:":
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        self._conn = await aiosqlite.connect(
+            self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None
+        )
+        for pragma in (
+            "PRAGMA journal_mode = WAL",
+            f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}",
+            "PRAGMA synchronous = NORMAL",
+            "PRAGMA foreign_keys = ON",
+        ):
+            await self._conn.execute(pragma)
+
+    async def close(self) -> None:
+        if self._conn is not None:
+            await self._conn.close()
+            self._conn = None
+
+    @asynccontextmanager
+    async def _transaction(self, *, write: bool) -> AsyncIterator[Tx]:
+        if self._conn is None:
+            raise RuntimeError("the store is not open: call open() first")
+        async with self._lock:
+            conn = self._conn
+            try:
+                await conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+            except sqlite3.OperationalError as exc:
+                raise TransientError(f"SQLite is busy: {exc}") from exc
+            try:
+                yield _SqliteTx(conn)
+            except sqlite3.OperationalError as exc:
+                await conn.rollback()
+                if "locked" in str(exc) or "busy" in str(exc):
+                    raise TransientError(f"SQLite is busy: {exc}") from exc
+                raise
+            except BaseException:
+                await conn.rollback()
+                raise
+            try:
+                await conn.commit()
+            except sqlite3.OperationalError as exc:
+                await conn.rollback()
+                raise TransientError(f"SQLite commit failed: {exc}") from exc

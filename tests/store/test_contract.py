@@ -1,0 +1,346 @@
+"""The Store contract, run against every backend (SQLite and a real PostgreSQL)."""
+
+from __future__ import annotations
+
+import pytest
+
+from runner.model import (
+    Approval,
+    ApprovalPolicy,
+    Condition,
+    Decision,
+    RunRequest,
+    SourceStatus,
+    StepRun,
+    StoredDocument,
+)
+from runner.store.base import Store
+from tests.store.conftest import Clock
+
+pytestmark = pytest.mark.anyio
+
+
+def request(key: str, workflow: str = "wf", **kwargs: object) -> RunRequest:
+    return RunRequest(
+        workflow=workflow,
+        source="main",
+        revision="abc123",
+        idempotency_key=key,
+        trigger={"event": "manual", "actor": "alice"},
+        inputs={"threshold": "high"},
+        **kwargs,  # type: ignore[arg-type]
+    )
+
+
+def doc(name: str, digest: str, kind: str = "Workflow") -> StoredDocument:
+    return StoredDocument(
+        kind=kind,  # type: ignore[arg-type]
+        name=name,
+        digest=digest,
+        content={"metadata": {"name": name}, "v": digest},
+        path=f"workflows/{name}.yaml",
+    )
+
+
+# -- migrations ------------------------------------------------------------------------------
+
+
+async def test_migrate_twice_is_a_no_op(store: Store) -> None:
+    assert await store.migrate() == []
+    assert await store.pending_migrations() == []
+
+
+# -- idempotency -----------------------------------------------------------------------------
+
+
+async def test_same_idempotency_key_returns_the_existing_run(store: Store) -> None:
+    first, created = await store.request_run(request("k1"))
+    again, created_again = await store.request_run(request("k1", workflow="other"))
+    assert created
+    assert not created_again
+    assert again == first
+    assert first.status == "queued"
+    assert first.trigger == {"event": "manual", "actor": "alice"}
+    assert first.inputs == {"threshold": "high"}
+    assert len(await store.list_runs()) == 1
+
+
+async def test_list_runs_filters_and_pages(store: Store, clock: Clock) -> None:
+    ids = []
+    for i in range(5):
+        run, _ = await store.request_run(request(f"k{i}", workflow="a" if i % 2 else "b"))
+        ids.append(run.id)
+        clock.advance(10)
+    assert [r.id for r in await store.list_runs()] == ids[::-1]
+    assert [r.id for r in await store.list_runs(workflow="a")] == [ids[3], ids[1]]
+    page = await store.list_runs(limit=2)
+    assert [r.id for r in await store.list_runs(limit=2, before_id=page[-1].id)] == [
+        ids[2],
+        ids[1],
+    ]
+    assert [r.id for r in await store.list_runs(since=clock.now - 25)] == [ids[4], ids[3]]
+    await store.transition_run(ids[0], "running")
+    assert [r.id for r in await store.list_runs(status=["running"])] == [ids[0]]
+    assert await store.count_runs(status=["queued"]) == 4
+
+
+# -- transitions -----------------------------------------------------------------------------
+
+
+async def test_transitions_follow_the_table_and_stamp_times(store: Store, clock: Clock) -> None:
+    run, _ = await store.request_run(request("k"))
+    assert await store.transition_run(run.id, "succeeded") is None  # queued -> succeeded: no
+    clock.advance(5)
+    running = await store.transition_run(run.id, "running")
+    assert running is not None
+    assert running.started_at == clock.now
+    waiting = await store.transition_run(run.id, "waiting_approval")
+    assert waiting is not None
+    assert waiting.status == "waiting_approval"
+    back = await store.transition_run(run.id, "running")
+    assert back is not None
+    assert back.started_at == running.started_at
+    clock.advance(5)
+    done = await store.transition_run(run.id, "failed", error="step scan failed")
+    assert done is not None
+    assert done.finished_at == clock.now
+    assert done.error == "step scan failed"
+    assert await store.transition_run(run.id, "running") is None
+    retried = await store.transition_run(run.id, "queued")
+    assert retried is not None
+    assert retried.finished_at is None
+
+
+async def test_finishing_a_run_drops_its_lease(store: Store) -> None:
+    run, _ = await store.request_run(request("k"))
+    (held,) = await store.acquire_runs("node-a", 60, 10)
+    await store.transition_run(held.id, "running")
+    done = await store.transition_run(run.id, "succeeded")
+    assert done is not None
+    assert done.lease_owner is None
+    assert await store.acquire_runs("node-b", 60, 10) == []
+
+
+# -- leases ----------------------------------------------------------------------------------
+
+
+async def test_acquire_gives_each_run_to_one_node(store: Store) -> None:
+    for i in range(5):
+        await store.request_run(request(f"k{i}"))
+    a = await store.acquire_runs("node-a", 60, 3)
+    b = await store.acquire_runs("node-b", 60, 10)
+    assert len(a) == 3
+    assert len(b) == 2
+    assert not {r.id for r in a} & {r.id for r in b}
+    assert all(r.lease_owner == "node-a" for r in a)
+    assert await store.acquire_runs("node-c", 60, 10) == []
+
+
+async def test_expired_lease_is_reaped_and_acquired_again(store: Store, clock: Clock) -> None:
+    run, _ = await store.request_run(request("k"))
+    await store.acquire_runs("node-a", 30, 10)
+    clock.advance(31)
+    assert await store.extend_leases("node-a", [run.id], 30) == []  # too late: lost
+    assert await store.reap_abandoned() == [run.id]
+    (again,) = await store.acquire_runs("node-b", 30, 10)
+    assert again.id == run.id
+    assert again.lease_owner == "node-b"
+    assert not await store.release_run("node-a", run.id)
+    assert await store.release_run("node-b", run.id)
+    assert (await store.get_run(run.id)).lease_owner is None  # type: ignore[union-attr]
+
+
+async def test_extend_keeps_a_live_lease(store: Store, clock: Clock) -> None:
+    run, _ = await store.request_run(request("k"))
+    await store.acquire_runs("node-a", 30, 10)
+    clock.advance(20)
+    assert await store.extend_leases("node-a", [run.id], 30) == [run.id]
+    clock.advance(20)
+    assert await store.acquire_runs("node-b", 30, 10) == []
+    assert await store.reap_abandoned() == []
+
+
+# -- sources and revisions -------------------------------------------------------------------
+
+
+async def test_apply_revision_is_atomic_and_keeps_old_revisions(store: Store) -> None:
+    assert await store.applied_documents("main") == (None, [])
+    await store.apply_revision("main", "r1", [doc("a", "d1"), doc("b", "d2")])
+    await store.apply_revision("main", "r2", [doc("a", "d1"), doc("c", "d3", kind="Agent")])
+    revision, docs = await store.applied_documents("main")
+    assert revision == "r2"
+    assert [(d.kind, d.name, d.digest) for d in docs] == [
+        ("Agent", "c", "d3"),
+        ("Workflow", "a", "d1"),
+    ]
+    assert docs[1].content == {"metadata": {"name": "a"}, "v": "d1"}
+    old = await store.revision_documents("main", "r1")
+    assert [d.name for d in old] == ["a", "b"]
+    await store.apply_revision("main", "r2", [doc("zzz", "d9")])  # already applied: no change
+    assert [d.name for d in (await store.applied_documents("main"))[1]] == ["c", "a"]
+
+
+async def test_source_status_round_trip_keeps_the_applied_revision(store: Store) -> None:
+    await store.apply_revision("main", "r1", [])
+    status = SourceStatus(
+        name="main",
+        attempted_revision="r2",
+        attempted_at=5.0,
+        conditions=(Condition(type="Ready", status=False, reason="Invalid", message="2 errors"),),
+        errors=({"path": "workflows/a.yaml", "line": 3, "column": 5, "message": "bad"},),
+        last_fetch_at=4.0,
+        last_fetch_duration=0.25,
+    )
+    await store.save_source_status(status)
+    saved = await store.get_source_status("main")
+    assert saved is not None
+    assert saved.applied_revision == "r1"
+    assert saved.attempted_revision == "r2"
+    assert saved.conditions == status.conditions
+    assert saved.errors == status.errors
+    assert [s.name for s in await store.list_source_statuses()] == ["main"]
+    assert await store.get_source_status("nope") is None
+
+
+# -- events ----------------------------------------------------------------------------------
+
+
+async def test_duplicate_delivery_is_recognised(store: Store) -> None:
+    args = {"forge": "github", "delivery_id": "d-1", "event_type": "push"}
+    first, new = await store.add_event(**args, headers={"X-A": "1"}, body=b"{}")
+    again, new_again = await store.add_event(**args, headers={"X-A": "2"}, body=b"[]")
+    assert new
+    assert not new_again
+    assert again.id == first.id
+    assert again.body == b"{}"
+    other, new_other = await store.add_event(
+        forge="gitlab", delivery_id="d-1", event_type="push", headers={}, body=b""
+    )
+    assert new_other
+    assert other.id != first.id
+
+
+async def test_events_are_claimed_once_and_finished(store: Store, clock: Clock) -> None:
+    for i in range(3):
+        await store.add_event(
+            forge="github", delivery_id=f"d{i}", event_type="push", headers={}, body=b"x"
+        )
+    a = await store.claim_events("node-a", 30, 2)
+    b = await store.claim_events("node-b", 30, 10)
+    assert [e.delivery_id for e in a] == ["d0", "d1"]
+    assert [e.delivery_id for e in b] == ["d2"]
+    await store.finish_event(a[0].id)
+    await store.finish_event(a[1].id, error="unparseable")
+    clock.advance(31)
+    again = await store.claim_events("node-c", 30, 10)
+    assert [e.delivery_id for e in again] == ["d2"]
+    assert again[0].attempts == 2
+
+
+# -- steps and logs --------------------------------------------------------------------------
+
+
+async def test_steps_keep_their_first_order(store: Store) -> None:
+    run, _ = await store.request_run(request("k"))
+    await store.save_step(StepRun(run_id=run.id, step_id="scan", status="running", attempt=1))
+    await store.save_step(StepRun(run_id=run.id, step_id="review", status="pending"))
+    await store.save_step(
+        StepRun(
+            run_id=run.id,
+            step_id="scan",
+            status="succeeded",
+            attempt=1,
+            outputs={"summary": {"high": 2}},
+            inputs_digest="sha256:x",
+        )
+    )
+    steps = await store.get_steps(run.id)
+    assert [(s.step_id, s.status) for s in steps] == [("scan", "succeeded"), ("review", "pending")]
+    assert steps[0].outputs == {"summary": {"high": 2}}
+
+
+async def test_logs_append_read_by_offset_and_truncate_once(store: Store) -> None:
+    run, _ = await store.request_run(request("k"))
+    assert await store.append_log(run.id, "scan", b"0123456789") == 10
+    assert await store.append_log(run.id, "scan", b"abcdefghij") == 20
+    part = await store.read_log(run.id, "scan", offset=5, limit=10)
+    assert part.data == b"56789abcde"
+    assert part.next_offset == 15
+    assert not part.truncated
+    size = await store.append_log(run.id, "scan", b"x" * 100)  # the limit is 64 bytes
+    assert await store.append_log(run.id, "scan", b"more") == size
+    whole = await store.read_log(run.id, "scan")
+    assert whole.data.startswith(b"0123456789abcdefghij" + b"x" * 44)
+    assert whole.data.endswith(b"[runner: log truncated at 64 bytes; the rest was dropped]\n")
+    assert whole.truncated
+    assert (await store.get_steps(run.id))[0].log_truncated
+    assert (await store.read_log(run.id, "scan", offset=len(whole.data))).data == b""
+
+
+# -- approvals -------------------------------------------------------------------------------
+
+
+async def test_approvals_bind_decisions_append_only(store: Store) -> None:
+    run, _ = await store.request_run(request("k"))
+    policy = ApprovalPolicy(required=2, approvers=("alice", "@acme/sec"), timeout=3600.0)
+    gate = Approval(
+        id=0,
+        run_id=run.id,
+        step_id="patch",
+        status="pending",
+        policy=policy,
+        sha="c0ffee",
+        revision="abc123",
+        inputs_digest="sha256:in",
+        requested_at=0.0,
+        deadline=99.0,
+    )
+    opened = await store.create_approval(gate)
+    assert opened.id > 0
+    assert opened.policy == policy
+    assert (await store.create_approval(gate)).id == opened.id  # one pending gate per step
+    decision = Decision(
+        approval_id=opened.id,
+        actor="alice",
+        decision="approve",
+        via="comment",
+        sha="c0ffee",
+        revision="abc123",
+        inputs_digest="sha256:in",
+        comment="/approve",
+        url="https://forge.example/pr/1#c1",
+    )
+    first = await store.add_decision(decision)
+    second = await store.add_decision(decision.__class__(**{**decision.__dict__, "actor": "bob"}))
+    assert [d.actor for d in await store.decisions(opened.id)] == ["alice", "bob"]
+    assert first.id < second.id
+    assert first.url == decision.url
+    assert [a.id for a in await store.list_approvals(status="pending")] == [opened.id]
+    closed = await store.close_approval(opened.id, "approved")
+    assert closed is not None
+    assert closed.status == "approved"
+    assert await store.close_approval(opened.id, "rejected") is None
+    assert await store.list_approvals(status="pending") == []
+    assert [a.id for a in await store.list_approvals(run_id=run.id)] == [opened.id]
+
+
+# -- retention -------------------------------------------------------------------------------
+
+
+async def test_prune_keeps_recent_and_the_last_k_per_workflow(store: Store, clock: Clock) -> None:
+    ids = {}
+    for i in range(4):
+        for workflow in ("a", "b"):
+            run, _ = await store.request_run(request(f"{workflow}{i}", workflow=workflow))
+            await store.transition_run(run.id, "running")
+            await store.transition_run(run.id, "succeeded")
+            await store.append_log(run.id, "s", b"log")
+            ids[f"{workflow}{i}"] = run.id
+        clock.advance(86400)
+    live, _ = await store.request_run(request("live", workflow="a"))
+    deleted = await store.prune(older_than=clock.now - 2.5 * 86400, keep_last=1)
+    left = {r.id for r in await store.list_runs(limit=100)}
+    # a0, a1, b0, b1 finished more than 2.5 days ago; none is its workflow's newest
+    assert deleted == 4
+    assert left == {ids["a2"], ids["a3"], ids["b2"], ids["b3"], live.id}
+    assert (await store.read_log(ids["a0"], "s")).data == b""
