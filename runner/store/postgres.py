@@ -1,8 +1,9 @@
 """PostgreSQL backend (psycopg 3, async, with psycopg_pool): production and several replicas.
 
 Acquiring work uses `FOR UPDATE SKIP LOCKED`, so replicas never wait on or take each other's rows.
-A lost connection (server restart, failover) is a transient error: the pool checks connections
-before handing them out, and the store retries the whole transaction.
+A lost connection (server restart, failover) is a transient error: the store retries the whole
+transaction, and the pool discards the broken connection. Connections are not pinged before use
+(that would cost a round trip per transaction).
 """
 
 from __future__ import annotations
@@ -75,7 +76,6 @@ class PostgresStore(SqlStore):
             min_size=1,
             max_size=pool_size,
             open=False,
-            check=AsyncConnectionPool.check_connection,
             timeout=10.0,
             name="runner",
         )
