@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import sqlite3
+
+import psycopg
 import pytest
 
 from runner.model import (
@@ -344,3 +347,45 @@ async def test_prune_keeps_recent_and_the_last_k_per_workflow(store: Store, cloc
     assert deleted == 4
     assert left == {ids["a2"], ids["a3"], ids["b2"], ids["b3"], live.id}
     assert (await store.read_log(ids["a0"], "s")).data == b""
+
+
+async def test_the_database_refuses_to_alter_a_decision(store: Store, store_url: str) -> None:
+    run, _ = await store.request_run(request("k"))
+    gate = await store.create_approval(
+        Approval(
+            id=0,
+            run_id=run.id,
+            step_id="patch",
+            status="pending",
+            policy=ApprovalPolicy(),
+            sha=None,
+            revision="r",
+            inputs_digest="d",
+            requested_at=1.0,
+        )
+    )
+    await store.add_decision(
+        Decision(
+            approval_id=gate.id,
+            actor="alice",
+            decision="approve",
+            via="cli",
+            sha=None,
+            revision="r",
+            inputs_digest="d",
+        )
+    )
+    tamper = "UPDATE approval_decisions SET actor = 'mallory'"
+    if store_url.startswith("sqlite"):
+        with (
+            sqlite3.connect(store_url.removeprefix("sqlite:///")) as conn,
+            pytest.raises(sqlite3.DatabaseError, match="append-only"),
+        ):
+            conn.execute(tamper)
+    else:
+        with (
+            psycopg.connect(store_url) as conn,
+            pytest.raises(psycopg.errors.RaiseException, match="append-only"),
+        ):
+            conn.execute(tamper)
+    assert [d.actor for d in await store.decisions(gate.id)] == ["alice"]
