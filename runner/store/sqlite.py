@@ -87,16 +87,36 @@ class SqliteStore(SqlStore):
     async def open(self) -> None:
         if self.path != ":memory:":
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        self._conn = await aiosqlite.connect(
+        conn = await aiosqlite.connect(
             self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None
         )
+        try:
+            await self._pragmas(conn)
+        except BaseException:
+            await conn.close()  # else its thread keeps the process alive
+            raise
+        self._conn = conn
+
+    @staticmethod
+    async def _pragmas(conn: aiosqlite.Connection) -> None:
+        # Switching a new file to WAL needs a moment alone with it, and SQLite answers "locked"
+        # at once, without its busy handler, while another process is creating the schema.
+        delay = 0.01
+        for attempt in range(50):
+            try:
+                await conn.execute("PRAGMA journal_mode = WAL")
+                break
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or attempt == 49:
+                    raise TransientError(f"SQLite is busy: {exc}") from exc
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 0.5)
         for pragma in (
-            "PRAGMA journal_mode = WAL",
             f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}",
             "PRAGMA synchronous = NORMAL",
             "PRAGMA foreign_keys = ON",
         ):
-            await self._conn.execute(pragma)
+            await conn.execute(pragma)
 
     async def close(self) -> None:
         if self._conn is not None:
