@@ -24,8 +24,6 @@ from runner.model import (
     FINISHED,
     RUN_TRANSITIONS,
     Approval,
-    ApprovalPolicy,
-    Condition,
     Decision,
     Event,
     LogSlice,
@@ -36,6 +34,7 @@ from runner.model import (
     StepRun,
     StoredDocument,
 )
+from runner.store import rows
 from runner.store.base import LOG_LIMIT, TRUNCATION_MARKER
 
 log = logging.getLogger(__name__)
@@ -56,133 +55,6 @@ class Tx(Protocol):
 
     async def script(self, sql: str) -> None:
         """Run a migration file (several statements)."""
-
-
-_RUN = (
-    "id, workflow, source, revision, status, idempotency_key, trigger_info, inputs, "
-    "concurrency_group, created_at, updated_at, started_at, finished_at, lease_owner, "
-    "lease_expires_at, error"
-)
-_EVENT = "id, forge, delivery_id, event_type, headers, body, received_at, status, attempts, error"
-_STEP = (
-    "run_id, step_id, status, attempt, started_at, finished_at, outputs, error, inputs_digest, "
-    "log_size, log_truncated"
-)
-_APPROVAL = (
-    "id, run_id, step_id, status, policy, sha, revision, inputs_digest, requested_at, deadline, "
-    "decided_at"
-)
-_DECISION = (
-    "id, approval_id, actor, decision, via, comment, url, sha, revision, inputs_digest, created_at"
-)
-
-
-def _dumps(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"))
-
-
-def _run(row: tuple[Any, ...]) -> Run:
-    return Run(
-        id=int(row[0]),
-        workflow=row[1],
-        source=row[2],
-        revision=row[3],
-        status=row[4],
-        idempotency_key=row[5],
-        trigger=json.loads(row[6]),
-        inputs=json.loads(row[7]),
-        concurrency_group=row[8],
-        created_at=row[9],
-        updated_at=row[10],
-        started_at=row[11],
-        finished_at=row[12],
-        lease_owner=row[13],
-        lease_expires_at=row[14],
-        error=row[15],
-    )
-
-
-def _event(row: tuple[Any, ...]) -> Event:
-    return Event(
-        id=int(row[0]),
-        forge=row[1],
-        delivery_id=row[2],
-        event_type=row[3],
-        headers=json.loads(row[4]),
-        body=bytes(row[5]),
-        received_at=row[6],
-        status=row[7],
-        attempts=row[8],
-        error=row[9],
-    )
-
-
-def _step(row: tuple[Any, ...]) -> StepRun:
-    return StepRun(
-        run_id=int(row[0]),
-        step_id=row[1],
-        status=row[2],
-        attempt=row[3],
-        started_at=row[4],
-        finished_at=row[5],
-        outputs=json.loads(row[6]) if row[6] is not None else None,
-        error=row[7],
-        inputs_digest=row[8],
-        log_size=row[9],
-        log_truncated=bool(row[10]),
-    )
-
-
-def _policy(text: str) -> ApprovalPolicy:
-    raw = json.loads(text)
-    raw["approvers"] = tuple(raw.get("approvers", ()))
-    return ApprovalPolicy(**raw)
-
-
-def _approval(row: tuple[Any, ...]) -> Approval:
-    return Approval(
-        id=int(row[0]),
-        run_id=int(row[1]),
-        step_id=row[2],
-        status=row[3],
-        policy=_policy(row[4]),
-        sha=row[5],
-        revision=row[6],
-        inputs_digest=row[7],
-        requested_at=row[8],
-        deadline=row[9],
-        decided_at=row[10],
-    )
-
-
-def _decision(row: tuple[Any, ...]) -> Decision:
-    return Decision(
-        id=int(row[0]),
-        approval_id=int(row[1]),
-        actor=row[2],
-        decision=row[3],
-        via=row[4],
-        comment=row[5],
-        url=row[6],
-        sha=row[7],
-        revision=row[8],
-        inputs_digest=row[9],
-        created_at=row[10],
-    )
-
-
-def _source(row: tuple[Any, ...]) -> SourceStatus:
-    return SourceStatus(
-        name=row[0],
-        applied_revision=row[1],
-        applied_at=row[2],
-        attempted_revision=row[3],
-        attempted_at=row[4],
-        conditions=tuple(Condition(**c) for c in json.loads(row[5])),
-        errors=tuple(json.loads(row[6])),
-        last_fetch_at=row[7],
-        last_fetch_duration=row[8],
-    )
 
 
 def migrations(dialect: str) -> list[tuple[int, str, str]]:
@@ -271,7 +143,7 @@ class SqlStore:
 
     # -- sources and revisions --------------------------------------------------------------------
     async def save_source_status(self, status: SourceStatus) -> None:
-        conditions = _dumps(
+        conditions = rows.dumps(
             [
                 {
                     "type": c.type,
@@ -288,7 +160,7 @@ class SqlStore:
             status.attempted_revision,
             status.attempted_at,
             conditions,
-            _dumps(list(status.errors)),
+            rows.dumps(list(status.errors)),
             status.last_fetch_at,
             status.last_fetch_duration,
             self.clock(),
@@ -317,13 +189,13 @@ class SqlStore:
     async def get_source_status(self, name: str) -> SourceStatus | None:
         async def body(tx: Tx) -> SourceStatus | None:
             row = await tx.one(self._SOURCE + " WHERE name = ?", (name,))
-            return _source(row) if row else None
+            return rows.source(row) if row else None
 
         return await self._in_tx(body, write=False)
 
     async def list_source_statuses(self) -> list[SourceStatus]:
         async def body(tx: Tx) -> list[SourceStatus]:
-            return [_source(r) for r in await tx.all(self._SOURCE + " ORDER BY name")]
+            return [rows.source(r) for r in await tx.all(self._SOURCE + " ORDER BY name")]
 
         return await self._in_tx(body, write=False)
 
@@ -343,7 +215,7 @@ class SqlStore:
                     await tx.execute(
                         "INSERT INTO document_contents (digest, content) VALUES (?, ?)"
                         " ON CONFLICT (digest) DO NOTHING",
-                        (doc.digest, _dumps(doc.content)),
+                        (doc.digest, rows.dumps(doc.content)),
                     )
                     await tx.execute(
                         "INSERT INTO documents (source, revision, kind, name, digest, path)"
@@ -361,7 +233,7 @@ class SqlStore:
         await self._in_tx(body)
 
     async def _documents(self, tx: Tx, source: str, revision: str) -> list[StoredDocument]:
-        rows = await tx.all(
+        found = await tx.all(
             "SELECT d.kind, d.name, d.digest, c.content, d.path FROM documents d"
             " JOIN document_contents c ON c.digest = d.digest"
             " WHERE d.source = ? AND d.revision = ? ORDER BY d.kind, d.name",
@@ -369,7 +241,7 @@ class SqlStore:
         )
         return [
             StoredDocument(kind=r[0], name=r[1], digest=r[2], content=json.loads(r[3]), path=r[4])
-            for r in rows
+            for r in found
         ]
 
     async def applied_documents(self, source: str) -> tuple[str | None, list[StoredDocument]]:
@@ -403,17 +275,17 @@ class SqlStore:
             row = await tx.one(
                 "INSERT INTO events (forge, delivery_id, event_type, headers, body, received_at)"
                 " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (forge, delivery_id) DO NOTHING"
-                f" RETURNING {_EVENT}",
-                (forge, delivery_id, event_type, _dumps(dict(headers)), body, now),
+                f" RETURNING {rows.EVENT}",
+                (forge, delivery_id, event_type, rows.dumps(dict(headers)), body, now),
             )
             if row is not None:
-                return _event(row), True
+                return rows.event(row), True
             existing = await tx.one(
-                f"SELECT {_EVENT} FROM events WHERE forge = ? AND delivery_id = ?",
+                f"SELECT {rows.EVENT} FROM events WHERE forge = ? AND delivery_id = ?",
                 (forge, delivery_id),
             )
             assert existing is not None
-            return _event(existing), False
+            return rows.event(existing), False
 
         return await self._in_tx(tx_body)
 
@@ -421,14 +293,14 @@ class SqlStore:
         now = self.clock()
 
         async def body(tx: Tx) -> list[Event]:
-            rows = await tx.all(
+            found = await tx.all(
                 f"UPDATE events SET lease_owner = ?, lease_expires_at = ?, attempts = attempts + 1"
                 f" WHERE id IN (SELECT id FROM events WHERE status = 'pending'"
                 f" AND (lease_owner IS NULL OR lease_expires_at < ?) ORDER BY id LIMIT ?"
-                f"{self.skip_locked}) RETURNING {_EVENT}",
+                f"{self.skip_locked}) RETURNING {rows.EVENT}",
                 (node, now + lease, now, limit),
             )
-            return sorted((_event(r) for r in rows), key=lambda e: e.id)
+            return sorted((rows.event(r) for r in found), key=lambda e: e.id)
 
         return await self._in_tx(body)
 
@@ -450,8 +322,8 @@ class SqlStore:
             request.source,
             request.revision,
             request.idempotency_key,
-            _dumps(dict(request.trigger)),
-            _dumps(dict(request.inputs)),
+            rows.dumps(dict(request.trigger)),
+            rows.dumps(dict(request.inputs)),
             request.concurrency_group,
             now,
             now,
@@ -462,23 +334,23 @@ class SqlStore:
                 "INSERT INTO runs (workflow, source, revision, status, idempotency_key,"
                 " trigger_info, inputs, concurrency_group, created_at, updated_at)"
                 " VALUES (?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?)"
-                f" ON CONFLICT (idempotency_key) DO NOTHING RETURNING {_RUN}",
+                f" ON CONFLICT (idempotency_key) DO NOTHING RETURNING {rows.RUN}",
                 values,
             )
             if row is not None:
-                return _run(row), True
+                return rows.run(row), True
             existing = await tx.one(
-                f"SELECT {_RUN} FROM runs WHERE idempotency_key = ?", (request.idempotency_key,)
+                f"SELECT {rows.RUN} FROM runs WHERE idempotency_key = ?", (request.idempotency_key,)
             )
             assert existing is not None
-            return _run(existing), False
+            return rows.run(existing), False
 
         return await self._in_tx(body)
 
     async def get_run(self, run_id: int) -> Run | None:
         async def body(tx: Tx) -> Run | None:
-            row = await tx.one(f"SELECT {_RUN} FROM runs WHERE id = ?", (run_id,))
-            return _run(row) if row else None
+            row = await tx.one(f"SELECT {rows.RUN} FROM runs WHERE id = ?", (run_id,))
+            return rows.run(row) if row else None
 
         return await self._in_tx(body, write=False)
 
@@ -505,10 +377,10 @@ class SqlStore:
             where.append("id < ?")
             params.append(before_id)
         params.append(limit)
-        sql = f"SELECT {_RUN} FROM runs WHERE {' AND '.join(where)} ORDER BY id DESC LIMIT ?"
+        sql = f"SELECT {rows.RUN} FROM runs WHERE {' AND '.join(where)} ORDER BY id DESC LIMIT ?"
 
         async def body(tx: Tx) -> list[Run]:
-            return [_run(r) for r in await tx.all(sql, params)]
+            return [rows.run(r) for r in await tx.all(sql, params)]
 
         return await self._in_tx(body, write=False)
 
@@ -529,10 +401,10 @@ class SqlStore:
         async def body(tx: Tx) -> Run | None:
             row = await tx.one(
                 f"UPDATE runs SET status = ?, updated_at = ?, error = ?, {extra}"
-                f" WHERE id = ? AND status IN ({marks}) RETURNING {_RUN}",
+                f" WHERE id = ? AND status IN ({marks}) RETURNING {rows.RUN}",
                 (to, now, error, *extra_params, run_id, *allowed),
             )
-            return _run(row) if row else None
+            return rows.run(row) if row else None
 
         return await self._in_tx(body)
 
@@ -550,14 +422,14 @@ class SqlStore:
         now = self.clock()
 
         async def body(tx: Tx) -> list[Run]:
-            rows = await tx.all(
+            found = await tx.all(
                 "UPDATE runs SET lease_owner = ?, lease_expires_at = ?"
                 " WHERE id IN (SELECT id FROM runs WHERE status IN ('queued', 'running')"
                 " AND (lease_owner IS NULL OR lease_expires_at < ?) ORDER BY id LIMIT ?"
-                f"{self.skip_locked}) RETURNING {_RUN}",
+                f"{self.skip_locked}) RETURNING {rows.RUN}",
                 (node, now + lease, now, limit),
             )
-            return sorted((_run(r) for r in rows), key=lambda r: r.id)
+            return sorted((rows.run(r) for r in found), key=lambda r: r.id)
 
         return await self._in_tx(body)
 
@@ -568,12 +440,12 @@ class SqlStore:
         marks = ", ".join("?" for _ in run_ids)
 
         async def body(tx: Tx) -> list[int]:
-            rows = await tx.all(
+            found = await tx.all(
                 "UPDATE runs SET lease_expires_at = ? WHERE lease_owner = ?"
                 f" AND lease_expires_at >= ? AND id IN ({marks}) RETURNING id",
                 (now + lease, node, now, *run_ids),
             )
-            return sorted(int(r[0]) for r in rows)
+            return sorted(int(r[0]) for r in found)
 
         return await self._in_tx(body)
 
@@ -592,7 +464,7 @@ class SqlStore:
         now = self.clock()
 
         async def body(tx: Tx) -> list[int]:
-            rows = await tx.all(
+            found = await tx.all(
                 "UPDATE runs SET lease_owner = NULL, lease_expires_at = NULL"
                 " WHERE lease_owner IS NOT NULL AND lease_expires_at < ? RETURNING id",
                 (now,),
@@ -602,7 +474,7 @@ class SqlStore:
                 " WHERE status = 'pending' AND lease_owner IS NOT NULL AND lease_expires_at < ?",
                 (now,),
             )
-            return sorted(int(r[0]) for r in rows)
+            return sorted(int(r[0]) for r in found)
 
         reaped = await self._in_tx(body)
         if reaped:
@@ -619,7 +491,7 @@ class SqlStore:
             step.attempt,
             step.started_at,
             step.finished_at,
-            _dumps(step.outputs) if step.outputs is not None else None,
+            rows.dumps(step.outputs) if step.outputs is not None else None,
             step.error,
             step.inputs_digest,
         )
@@ -641,10 +513,10 @@ class SqlStore:
 
     async def get_steps(self, run_id: int) -> list[StepRun]:
         async def body(tx: Tx) -> list[StepRun]:
-            rows = await tx.all(
-                f"SELECT {_STEP} FROM step_runs WHERE run_id = ? ORDER BY seq", (run_id,)
+            found = await tx.all(
+                f"SELECT {rows.STEP} FROM step_runs WHERE run_id = ? ORDER BY seq", (run_id,)
             )
-            return [_step(r) for r in rows]
+            return [rows.step(r) for r in found]
 
         return await self._in_tx(body, write=False)
 
@@ -685,7 +557,7 @@ class SqlStore:
         self, run_id: int, step_id: str, *, offset: int = 0, limit: int = 1 << 20
     ) -> LogSlice:
         async def body(tx: Tx) -> LogSlice:
-            rows = await tx.all(
+            found = await tx.all(
                 "SELECT start_offset, data FROM step_logs WHERE run_id = ? AND step_id = ?"
                 " AND start_offset < ? AND start_offset + LENGTH(data) > ? ORDER BY start_offset",
                 (run_id, step_id, offset + limit, offset),
@@ -694,9 +566,9 @@ class SqlStore:
                 "SELECT log_truncated FROM step_runs WHERE run_id = ? AND step_id = ?",
                 (run_id, step_id),
             )
-            buffer = b"".join(bytes(r[1]) for r in rows)
-            start = int(rows[0][0]) if rows else offset
-            data = buffer[offset - start : offset - start + limit] if rows else b""
+            buffer = b"".join(bytes(r[1]) for r in found)
+            start = int(found[0][0]) if found else offset
+            data = buffer[offset - start : offset - start + limit] if found else b""
             return LogSlice(
                 data=data,
                 offset=offset,
@@ -718,7 +590,7 @@ class SqlStore:
         values = (
             approval.run_id,
             approval.step_id,
-            _dumps(policy),
+            rows.dumps(policy),
             approval.sha,
             approval.revision,
             approval.inputs_digest,
@@ -728,27 +600,29 @@ class SqlStore:
 
         async def body(tx: Tx) -> Approval:
             existing = await tx.one(
-                f"SELECT {_APPROVAL} FROM approvals WHERE run_id = ? AND step_id = ?"
+                f"SELECT {rows.APPROVAL} FROM approvals WHERE run_id = ? AND step_id = ?"
                 " AND status = 'pending'",
                 (approval.run_id, approval.step_id),
             )
             if existing:
-                return _approval(existing)
+                return rows.approval(existing)
             row = await tx.one(
                 "INSERT INTO approvals (run_id, step_id, status, policy, sha, revision,"
                 " inputs_digest, requested_at, deadline) VALUES (?, ?, 'pending', ?, ?, ?, ?, ?, ?)"
-                f" RETURNING {_APPROVAL}",
+                f" RETURNING {rows.APPROVAL}",
                 values,
             )
             assert row is not None
-            return _approval(row)
+            return rows.approval(row)
 
         return await self._in_tx(body)
 
     async def get_approval(self, approval_id: int) -> Approval | None:
         async def body(tx: Tx) -> Approval | None:
-            row = await tx.one(f"SELECT {_APPROVAL} FROM approvals WHERE id = ?", (approval_id,))
-            return _approval(row) if row else None
+            row = await tx.one(
+                f"SELECT {rows.APPROVAL} FROM approvals WHERE id = ?", (approval_id,)
+            )
+            return rows.approval(row) if row else None
 
         return await self._in_tx(body, write=False)
 
@@ -762,10 +636,10 @@ class SqlStore:
         if run_id is not None:
             where.append("run_id = ?")
             params.append(run_id)
-        sql = f"SELECT {_APPROVAL} FROM approvals WHERE {' AND '.join(where)} ORDER BY id"
+        sql = f"SELECT {rows.APPROVAL} FROM approvals WHERE {' AND '.join(where)} ORDER BY id"
 
         async def body(tx: Tx) -> list[Approval]:
-            return [_approval(r) for r in await tx.all(sql, params)]
+            return [rows.approval(r) for r in await tx.all(sql, params)]
 
         return await self._in_tx(body, write=False)
 
@@ -787,21 +661,21 @@ class SqlStore:
             row = await tx.one(
                 "INSERT INTO approval_decisions (approval_id, actor, decision, via, comment, url,"
                 " sha, revision, inputs_digest, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-                f" RETURNING {_DECISION}",
+                f" RETURNING {rows.DECISION}",
                 values,
             )
             assert row is not None
-            return _decision(row)
+            return rows.decision(row)
 
         return await self._in_tx(body)
 
     async def decisions(self, approval_id: int) -> list[Decision]:
         async def body(tx: Tx) -> list[Decision]:
-            rows = await tx.all(
-                f"SELECT {_DECISION} FROM approval_decisions WHERE approval_id = ? ORDER BY id",
+            found = await tx.all(
+                f"SELECT {rows.DECISION} FROM approval_decisions WHERE approval_id = ? ORDER BY id",
                 (approval_id,),
             )
-            return [_decision(r) for r in rows]
+            return [rows.decision(r) for r in found]
 
         return await self._in_tx(body, write=False)
 
@@ -812,10 +686,10 @@ class SqlStore:
         async def body(tx: Tx) -> Approval | None:
             row = await tx.one(
                 "UPDATE approvals SET status = ?, decided_at = ? WHERE id = ?"
-                f" AND status = 'pending' RETURNING {_APPROVAL}",
+                f" AND status = 'pending' RETURNING {rows.APPROVAL}",
                 (status, self.clock(), approval_id),
             )
-            return _approval(row) if row else None
+            return rows.approval(row) if row else None
 
         return await self._in_tx(body)
 
@@ -824,14 +698,14 @@ class SqlStore:
         finished = ", ".join(f"'{s}'" for s in sorted(FINISHED))
 
         async def body(tx: Tx) -> int:
-            rows = await tx.all(
+            found = await tx.all(
                 f"SELECT id FROM (SELECT id, finished_at, ROW_NUMBER() OVER"
                 f" (PARTITION BY workflow ORDER BY id DESC) AS newest FROM runs"
                 f" WHERE status IN ({finished})) ranked"
                 " WHERE newest > ? AND finished_at < ?",
                 (keep_last, older_than),
             )
-            ids = [int(r[0]) for r in rows]
+            ids = [int(r[0]) for r in found]
             for start in range(0, len(ids), 500):
                 batch = ids[start : start + 500]
                 marks = ", ".join("?" for _ in batch)
