@@ -63,7 +63,7 @@ def repo_files(root: Path, display_root: str | None = None) -> list[SourceFile]:
             path=_display(shown, rel),
             data=(root / rel).read_bytes(),
             role="workflows" if role == "workflows" else "agent",
-            agent_dir=str(root / agent_dir) if agent_dir else None,
+            agent_dir=str((root / agent_dir).resolve()) if agent_dir else None,
         )
         for rel, role, agent_dir in repo_layout(listing)
     ]

@@ -1,0 +1,125 @@
+"""The Executor interface: run one agent step, return its result. Nothing else.
+
+An executor never touches the store, a forge or the web. A step failing (the agent's exit code,
+an invalid output) is a result; only infrastructure failures (the engine or sandbox unusable) are
+raised, as `ExecutorUnavailable`, and only those count against an executor's health.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from runner.errors import TransientError, UsageError
+from runner.model import Agent
+
+LogSink = Callable[[bytes], Awaitable[None]]
+
+
+class ExecutorUnavailable(TransientError):
+    """The executor itself cannot run steps right now (not the agent's fault)."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class StepSpec:
+    """Everything needed to run one attempt of one step."""
+
+    run_id: int
+    step_id: str
+    attempt: int
+    agent: Agent
+    inputs: Mapping[str, Any]
+    workspace: Path
+    timeout: float
+    secrets: Mapping[str, str] = field(default_factory=dict)
+    env: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, kw_only=True)
+class StepResult:
+    """How an attempt ended. `outputs` is set only when the agent succeeded with a valid output."""
+
+    exit_code: int | None
+    outputs: Mapping[str, Any] | None = None
+    error: str | None = None
+    timed_out: bool = False
+    duration: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and self.exit_code == 0
+
+
+@dataclass(frozen=True, kw_only=True)
+class Health:
+    ok: bool
+    detail: str = ""
+    sandboxed: bool = False
+
+
+class Executor(Protocol):
+    name: str
+
+    async def run_step(self, step: StepSpec, log: LogSink) -> StepResult:
+        """Run the agent once. Its stdout and stderr go to `log` (secret values masked). The
+        timeout kills the whole process tree; nothing is left running when this returns."""
+
+    async def health(self) -> Health:
+        """Whether steps can run now, and how (for readiness and the circuit breaker)."""
+
+
+class Masker:
+    """Replaces secret values in a byte stream, also when a value spans two chunks."""
+
+    REPLACEMENT = b"***"
+
+    def __init__(self, secrets: Mapping[str, str]) -> None:
+        self.values = sorted(
+            {v.encode() for v in secrets.values() if len(v) >= 4}, key=len, reverse=True
+        )
+        self.keep = max((len(v) for v in self.values), default=1) - 1
+        self.pending = b""
+
+    def mask(self, data: bytes) -> bytes:
+        for value in self.values:
+            data = data.replace(value, self.REPLACEMENT)
+        return data
+
+    def feed(self, chunk: bytes) -> bytes:
+        """Masked bytes that are safe to emit; a tail that could start a secret is held back."""
+        if not self.values:
+            return chunk
+        data = self.mask(self.pending + chunk)
+        if self.keep == 0:
+            self.pending = b""
+            return data
+        self.pending = data[-self.keep :]
+        return data[: -self.keep]
+
+    def flush(self) -> bytes:
+        data, self.pending = self.mask(self.pending), b""
+        return data
+
+
+def mask_value(value: Any, secrets: Mapping[str, str]) -> Any:
+    """`value` (JSON) with secret values replaced in every string."""
+    if isinstance(value, str):
+        for secret in sorted((s for s in secrets.values() if len(s) >= 4), key=len, reverse=True):
+            value = value.replace(secret, "***")
+        return value
+    if isinstance(value, dict):
+        return {k: mask_value(v, secrets) for k, v in value.items()}
+    if isinstance(value, list):
+        return [mask_value(v, secrets) for v in value]
+    return value
+
+
+def open_executor(kind: str, **options: Any) -> Executor:
+    """The executor named in configuration (`executor.kind`)."""
+    if kind == "local":
+        from runner.executors.local import LocalExecutor
+
+        return LocalExecutor(**options)
+    raise UsageError(f"unknown executor {kind!r}; expected one of ['dagger', 'local']")
