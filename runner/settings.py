@@ -46,6 +46,8 @@ class ListenSettings:
 class ExecutorSettings:
     kind: str = "local"
     max_parallel: int = 4
+    keep_failed_workspaces: bool = False
+    sandbox: bool = True
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -62,6 +64,7 @@ class Settings:
     api: Mapping[str, Any] = field(default_factory=dict)
     rate_limits: Mapping[str, Any] = field(default_factory=dict)
     trusted_proxies: tuple[str, ...] = ()
+    data_dir: str = ".runner"
     path: str | None = None
 
 
@@ -82,6 +85,10 @@ def config_schema() -> dict[str, Any]:
 
 def _coerce(raw: str, schema: Mapping[str, Any]) -> Any:
     kind = schema.get("type")
+    if kind == "boolean":
+        return {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}.get(
+            raw.lower(), raw
+        )
     if kind in ("integer", "number"):
         try:
             return int(raw) if kind == "integer" else float(raw)
@@ -104,10 +111,11 @@ def _environment(data: dict[str, Any], env: Mapping[str, str]) -> dict[str, str]
                     data[section] = {}
                 data[section][key] = _coerce(env[var], sub)
                 origin[pointer_of([section, key])] = var
-    var = "RUNNER_GENERIC_WEBHOOK_SECRET_ENV"
-    if var in env:
-        data["generic_webhook_secret_env"] = env[var]
-        origin["/generic_webhook_secret_env"] = var
+    for key in ("generic_webhook_secret_env", "data_dir"):
+        var = f"RUNNER_{key.upper()}"
+        if var in env:
+            data[key] = env[var]
+            origin[f"/{key}"] = var
     if "RUNNER_SOURCE_URL" in env:
         source: dict[str, Any] = {"name": "main"}
         for key in _SOURCE_SHORTHAND:
@@ -169,5 +177,6 @@ def load_settings(path: str | None = None, env: Mapping[str, str] | None = None)
         api=data.get("api", {}),
         rate_limits=data.get("rate_limits", {}),
         trusted_proxies=tuple(data.get("trusted_proxies", ())),
+        data_dir=data.get("data_dir", ".runner"),
         path=str(file) if file else None,
     )

@@ -12,11 +12,20 @@ import graphlib
 import hashlib
 import json
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from runner.errors import SpecError
-from runner.model import Agent, ApprovalPolicy, Bundle, RetryPolicy, Step, Trigger, Workflow
+from runner.model import (
+    Agent,
+    ApprovalPolicy,
+    Bundle,
+    RetryPolicy,
+    Step,
+    StoredDocument,
+    Trigger,
+    Workflow,
+)
 from runner.spec import expr as cel
 from runner.spec.schema import check_schema, compile_schema, translate, validate_document
 from runner.spec.timing import check_cron, parse_duration, zone
@@ -39,8 +48,12 @@ class SourceFile:
 
 @dataclass(frozen=True, kw_only=True)
 class Result:
+    """What compiled (`bundle`), what did not (`errors`), and the documents of the files as
+    they are stored for an applied revision (valid ones only)."""
+
     bundle: Bundle
     errors: list[SpecError]
+    documents: list[StoredDocument] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -503,6 +516,7 @@ def compile_files(files: Iterable[SourceFile], *, builtins: Mapping[str, Agent])
     agents: dict[str, Agent] = dict(builtins)
     workflow_docs: list[Document] = []
     broken_agents: set[str] = set()
+    stored: list[StoredDocument] = []
     defined: dict[tuple[str, str], Document] = {}
     for source, doc in _documents(files, errors):
         kind, name = _get(doc.data, "kind"), _get(doc.data, "metadata", "name")
@@ -533,6 +547,7 @@ def compile_files(files: Iterable[SourceFile], *, builtins: Mapping[str, Agent])
             valid = not any(e.path == doc.path and e.document == doc.index for e in errors)
             if agent is not None and valid:
                 agents[agent.name] = agent
+                stored.append(_stored(doc, "Agent", agent.name))
             elif isinstance(name, str):
                 broken_agents.add(name)
         elif kind == "Workflow":
@@ -551,4 +566,13 @@ def compile_files(files: Iterable[SourceFile], *, builtins: Mapping[str, Agent])
         if len(errors) == before and valid_schema:
             workflow = _build_workflow(doc, agents)
             workflows.setdefault(workflow.name, workflow)
-    return Result(bundle=Bundle(workflows=workflows, agents=agents), errors=sorted(errors))
+            stored.append(_stored(doc, "Workflow", workflow.name))
+    return Result(
+        bundle=Bundle(workflows=workflows, agents=agents), errors=sorted(errors), documents=stored
+    )
+
+
+def _stored(doc: Document, kind: Literal["Workflow", "Agent"], name: str) -> StoredDocument:
+    return StoredDocument(
+        kind=kind, name=name, digest=digest(doc.data), content=doc.data, path=doc.path
+    )

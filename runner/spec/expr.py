@@ -9,6 +9,7 @@ repeat the same conditions, and compiling is the expensive part of validating th
 from __future__ import annotations
 
 import difflib
+import json
 import re
 from dataclasses import dataclass
 from functools import lru_cache
@@ -16,6 +17,9 @@ from typing import Any
 
 import celpy
 import celpy.celparser
+from celpy import celtypes
+from celpy.adapter import json_to_cel
+from celpy.evaluation import CELEvalError
 from lark import Token, Tree
 
 SCOPE = ("inputs", "steps", "trigger", "run")
@@ -169,3 +173,76 @@ def check_names(expr: Expression, scope: tuple[str, ...] = SCOPE) -> list[str]:
             f"{' and '.join(STEP_FIELDS)}; {hint}"
         )
     return problems
+
+
+# --- evaluation -------------------------------------------------------------------------------
+
+
+class EvaluationError(ValueError):
+    """An expression that compiled but could not be evaluated with the values at hand."""
+
+
+@lru_cache(maxsize=4096)
+def _program(source: str) -> Any:
+    return _ENV.program(compile_expression(source).ast)
+
+
+def _plain(value: Any) -> Any:
+    """A CEL value as plain JSON-like Python (celpy's types subclass the Python ones)."""
+    if isinstance(value, bool | celtypes.BoolType):
+        return bool(value)
+    if isinstance(value, int):
+        return int(value)
+    if isinstance(value, float):
+        return float(value)
+    if isinstance(value, str):
+        return str(value)
+    if isinstance(value, bytes):
+        return bytes(value).decode("utf-8", "replace")
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if value is None:
+        return None
+    return str(value)
+
+
+def evaluate(source: str, scope: dict[str, Any]) -> Any:
+    """Evaluate a CEL expression over JSON-like `scope` (inputs, steps, trigger, run)."""
+    activation = {name: json_to_cel(value) for name, value in scope.items()}
+    try:
+        result = _program(source.strip()).evaluate(activation)
+    except CELEvalError as exc:
+        detail = exc.args[0] if exc.args else str(exc)
+        raise EvaluationError(f"{source.strip()!r}: {detail}") from None
+    if isinstance(result, CELEvalError):
+        raise EvaluationError(f"{source.strip()!r}: {result.args[0] if result.args else result}")
+    return _plain(result)
+
+
+def render(value: Any, scope: dict[str, Any]) -> Any:
+    """Resolve `${{ }}` in every string of `value`. A string that is exactly one `${{ expr }}`
+    becomes the expression's value with its type (a list stays a list); otherwise results are
+    interpolated as text (JSON for lists and mappings)."""
+    if isinstance(value, dict):
+        return {k: render(v, scope) for k, v in value.items()}
+    if isinstance(value, list):
+        return [render(v, scope) for v in value]
+    if not isinstance(value, str) or "${{" not in value:
+        return value
+    whole = _TEMPLATE.fullmatch(value.strip())
+    if whole:
+        return evaluate(whole.group(1), scope)
+
+    def text(match: re.Match[str]) -> str:
+        result = evaluate(match.group(1), scope)
+        if isinstance(result, str):
+            return result
+        if isinstance(result, bool):
+            return "true" if result else "false"
+        return (
+            json.dumps(result) if isinstance(result, dict | list) or result is None else str(result)
+        )
+
+    return _TEMPLATE.sub(text, value)

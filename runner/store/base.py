@@ -110,9 +110,11 @@ class Store(Protocol):
         status: Sequence[RunStatus] | None = None,
         since: float | None = None,
         before_id: int | None = None,
+        group: str | None = None,
         limit: int = 50,
     ) -> list[Run]:
-        """Runs, newest first, filtered; `before_id` pages (pass the last id of a page)."""
+        """Runs, newest first, filtered (`group`: concurrency group); `before_id` pages (pass
+        the last id of a page)."""
 
     async def transition_run(
         self, run_id: int, to: RunStatus, *, error: str | None = None
@@ -121,7 +123,7 @@ class Store(Protocol):
 
         Returns the updated run, or None when the transition is not allowed (the caller lost a
         race or the run is finished). Sets `started_at` on the first `running` and
-        `finished_at` on a finished status; a finished run also loses its lease.
+        `finished_at` on a finished status; a finished or waiting run also loses its lease.
         """
 
     async def count_runs(self, *, status: Sequence[RunStatus]) -> int:
@@ -132,6 +134,10 @@ class Store(Protocol):
         """Lease up to `limit` runs that are queued or running and hold no live lease, oldest
         first. Two nodes never hold the same run: a run is returned to one caller only until
         its lease expires or is released."""
+
+    async def acquire_run(self, node: str, run_id: int, lease: float) -> Run | None:
+        """Lease one particular run if it is queued or running and holds no live lease (a CLI
+        continuing a run in-process); None when someone else holds it or it is finished."""
 
     async def extend_leases(self, node: str, run_ids: Sequence[int], lease: float) -> list[int]:
         """Push back the expiry of leases `node` still holds; return those ids (a run missing

@@ -361,9 +361,13 @@ class SqlStore:
         status: Sequence[RunStatus] | None = None,
         since: float | None = None,
         before_id: int | None = None,
+        group: str | None = None,
         limit: int = 50,
     ) -> list[Run]:
         where, params = ["1 = 1"], list[Any]()
+        if group is not None:
+            where.append("concurrency_group = ?")
+            params.append(group)
         if workflow is not None:
             where.append("workflow = ?")
             params.append(workflow)
@@ -392,6 +396,8 @@ class SqlStore:
         marks = ", ".join("?" for _ in allowed)
         if to in FINISHED:  # a finished run keeps no lease
             extra = "finished_at = ?, lease_owner = NULL, lease_expires_at = NULL"
+        elif to == "waiting_approval":  # nobody works on a waiting run
+            extra = "finished_at = NULL, lease_owner = NULL, lease_expires_at = NULL"
         elif to == "running":
             extra = "started_at = COALESCE(started_at, ?), finished_at = NULL"
         else:
@@ -430,6 +436,20 @@ class SqlStore:
                 (node, now + lease, now, limit),
             )
             return sorted((rows.run(r) for r in found), key=lambda r: r.id)
+
+        return await self._in_tx(body)
+
+    async def acquire_run(self, node: str, run_id: int, lease: float) -> Run | None:
+        now = self.clock()
+
+        async def body(tx: Tx) -> Run | None:
+            row = await tx.one(
+                "UPDATE runs SET lease_owner = ?, lease_expires_at = ? WHERE id = ?"
+                " AND status IN ('queued', 'running')"
+                f" AND (lease_owner IS NULL OR lease_expires_at < ?) RETURNING {rows.RUN}",
+                (node, now + lease, run_id, now),
+            )
+            return rows.run(row) if row else None
 
         return await self._in_tx(body)
 

@@ -153,6 +153,17 @@ async def test_expired_lease_is_reaped_and_acquired_again(store: Store, clock: C
     assert (await store.get_run(run.id)).lease_owner is None  # type: ignore[union-attr]
 
 
+async def test_acquire_one_run_by_id(store: Store) -> None:
+    first, _ = await store.request_run(request("k1"))
+    second, _ = await store.request_run(request("k2", concurrency_group="g"))
+    held = await store.acquire_run("cli", second.id, 30)
+    assert held is not None
+    assert held.lease_owner == "cli"
+    assert await store.acquire_run("other", second.id, 30) is None
+    assert [r.id for r in await store.acquire_runs("worker", 30, 10)] == [first.id]
+    assert [r.id for r in await store.list_runs(group="g")] == [second.id]
+
+
 async def test_extend_keeps_a_live_lease(store: Store, clock: Clock) -> None:
     run, _ = await store.request_run(request("k"))
     await store.acquire_runs("node-a", 30, 10)

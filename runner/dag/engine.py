@@ -1,0 +1,423 @@
+"""The run engine: drives one leased run through its DAG, storing every transition.
+
+A run executes the workflow of the revision it was requested under. Ready steps start in
+parallel up to a limit; each step's `when`, `with` templates and approval gate are evaluated
+just before it would start. State is written at every transition, so a process that dies
+mid-run leaves a run that any node (or the same one, restarted) continues from its last
+recorded step: finished steps are kept, an interrupted step runs again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import random
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from runner.dag import graph
+from runner.errors import PermanentError
+from runner.executors.base import Executor, ExecutorUnavailable, StepSpec
+from runner.model import (
+    FINISHED,
+    Agent,
+    Approval,
+    ApprovalPolicy,
+    Run,
+    RunStatus,
+    Step,
+    StepRun,
+    StepStatus,
+)
+from runner.revisions import BundleLoader
+from runner.spec.expr import EvaluationError, evaluate, render
+from runner.store.base import Store
+from runner.workspace import Workspaces
+
+log = logging.getLogger(__name__)
+ACTIVE: list[RunStatus] = ["queued", "running", "waiting_approval"]
+Listener = Callable[[int, str, str], None]  # run id, step id, status
+
+
+@dataclass(frozen=True, kw_only=True)
+class EngineOptions:
+    node: str
+    lease: float = 60.0
+    max_parallel: int = 4
+    default_timeout: float = 600.0
+    # where agents' declared secrets are looked up by name (the runner's environment)
+    secrets: Mapping[str, str] = field(default_factory=dict)
+
+
+def inputs_digest(inputs: Mapping[str, Any]) -> str:
+    text = json.dumps(inputs, sort_keys=True, separators=(",", ":"))
+    return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
+
+
+class _Go:
+    """A step cleared to start, with its resolved inputs."""
+
+    def __init__(self, inputs: dict[str, Any], digest: str) -> None:
+        self.inputs, self.digest = inputs, digest
+
+
+class Engine:
+    def __init__(
+        self,
+        store: Store,
+        executor: Executor,
+        loader: BundleLoader,
+        workspaces: Workspaces,
+        options: EngineOptions,
+        *,
+        listener: Listener | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.store = store
+        self.executor = executor
+        self.loader = loader
+        self.workspaces = workspaces
+        self.options = options
+        self.listener = listener
+        self.clock = clock
+        self.slots = asyncio.Semaphore(options.max_parallel)
+
+    async def run(self, run_id: int) -> Run:
+        """Advance a run this node holds the lease of, until it finishes, waits for an approval
+        or can go no further here (lease lost, executor unavailable). Returns it as stored."""
+        run = await self.store.get_run(run_id)
+        if run is None:
+            raise PermanentError(f"there is no run {run_id}")
+        if run.status in FINISHED or run.status == "waiting_approval":
+            return run
+        return await _Execution(self, run).execute()
+
+
+class _Execution:
+    def __init__(self, engine: Engine, run: Run) -> None:
+        self.engine, self.store, self.run = engine, engine.store, run
+        self.status: dict[str, StepStatus] = {}
+        self.records: dict[str, StepRun] = {}
+        self.cancelled = asyncio.Event()
+        self.lease_lost = False
+        self.go: dict[str, _Go] = {}
+
+    # -- lifecycle --------------------------------------------------------------------------------
+    async def execute(self) -> Run:
+        try:
+            bundle = await self.engine.loader.bundle(self.run.source, self.run.revision)
+            workflow = bundle.workflows[self.run.workflow]
+        except (PermanentError, KeyError) as exc:
+            return await self._finish("failed", f"cannot load the workflow: {exc}")
+        self.workflow, self.agents = workflow, bundle.agents
+        if self.run.status == "queued":
+            held = await self._concurrency()
+            if held is not None:
+                return held
+            started = await self.store.transition_run(self.run.id, "running")
+            if started is None:
+                return await self._current()
+            self.run = started
+        for record in await self.store.get_steps(self.run.id):
+            if record.status == "running":  # interrupted by a crash: it runs again
+                record = replace(record, status="pending")
+            self.records[record.step_id] = record
+            self.status[record.step_id] = record.status
+        self.workspace = await self.engine.workspaces.prepare(self.run.id, self.run.trigger)
+        self.upstream = graph.ancestors(workflow)
+        heartbeat = asyncio.create_task(self._heartbeat())
+        try:
+            timed_out = await self._loop()
+        except ExecutorUnavailable as exc:
+            log.warning("run %d paused: executor unavailable: %s", self.run.id, exc)
+            await self.store.release_run(self.engine.options.node, self.run.id)
+            return await self._current()
+        finally:
+            heartbeat.cancel()
+        return await self._conclude(timed_out)
+
+    async def _conclude(self, timed_out: bool) -> Run:
+        if self.lease_lost:
+            return await self._current()
+        unfinished = [s for s in self.workflow.steps if self.status.get(s.id) not in graph.DONE]
+        if self.cancelled.is_set() or timed_out:
+            for step in unfinished:
+                await self._set(step, "cancelled", error="the run was cancelled or timed out")
+            if timed_out:
+                return await self._finish(
+                    "failed", f"the workflow timed out after {self.workflow.timeout:g}s"
+                )
+            return await self._finish("cancelled", None)
+        if any(self.status.get(s.id) == "waiting_approval" for s in unfinished):
+            waiting = await self.store.transition_run(self.run.id, "waiting_approval")
+            return waiting or await self._current()
+        return await self._finish(graph.outcome(self.status), None)
+
+    async def _finish(self, status: RunStatus, error: str | None) -> Run:
+        done = await self.store.transition_run(self.run.id, status, error=error)
+        await self.engine.workspaces.release(self.run.id, failed=status != "succeeded")
+        if done is None:
+            return await self._current()
+        self.run = done
+        return done
+
+    async def _current(self) -> Run:
+        current = await self.store.get_run(self.run.id)
+        assert current is not None
+        return current
+
+    async def _concurrency(self) -> Run | None:
+        """None to go ahead; otherwise the run as it stays (queued behind another, skipped)."""
+        group = self.run.concurrency_group
+        if not group:
+            return None
+        others = [
+            r
+            for r in await self.store.list_runs(group=group, status=ACTIVE, limit=1000)
+            if r.id != self.run.id
+        ]
+        policy = self.workflow.concurrency_policy
+        busy = [r for r in others if r.status != "queued"]
+        if policy == "skip" and busy:
+            return await self._finish("skipped", f"run {busy[0].id} of group {group!r} is active")
+        if policy == "queue" and (busy or any(r.id < self.run.id for r in others)):
+            await self.store.release_run(self.engine.options.node, self.run.id)
+            return self.run
+        if policy == "cancel-running":
+            for other in others:
+                if other.id < self.run.id:
+                    reason = f"cancelled by run {self.run.id} of concurrency group {group!r}"
+                    await self.store.transition_run(other.id, "cancelled", error=reason)
+        return None
+
+    async def _heartbeat(self) -> None:
+        options = self.engine.options
+        while True:
+            await asyncio.sleep(options.lease / 3)
+            kept = await self.store.extend_leases(options.node, [self.run.id], options.lease)
+            current = await self.store.get_run(self.run.id)
+            if current is not None and current.status == "cancelled":
+                self.cancelled.set()
+                return
+            if self.run.id not in kept:
+                log.warning("lost the lease of run %d; stopping here", self.run.id)
+                self.lease_lost = True
+                self.cancelled.set()
+                return
+
+    # -- the DAG ----------------------------------------------------------------------------------
+    async def _loop(self) -> bool:
+        """Start what is ready until nothing more can start; True when the workflow timed out."""
+        running: dict[str, asyncio.Task[None]] = {}
+        deadline = None
+        if self.workflow.timeout:
+            deadline = (self.run.started_at or self.engine.clock()) + self.workflow.timeout
+        cancel = asyncio.create_task(self.cancelled.wait())
+        try:
+            while True:
+                for step in self.workflow.steps:
+                    if step.id not in running and await self._ready(step):
+                        running[step.id] = asyncio.create_task(self._start(step))
+                if not running:
+                    return False
+                timeout = None if deadline is None else max(deadline - self.engine.clock(), 0)
+                done, _ = await asyncio.wait(
+                    [*running.values(), cancel], timeout=timeout, return_when="FIRST_COMPLETED"
+                )
+                for step_id, task in list(running.items()):
+                    if task in done:
+                        del running[step_id]
+                        task.result()  # re-raises ExecutorUnavailable
+                if cancel in done or not done:
+                    for task in running.values():
+                        task.cancel()
+                    await asyncio.gather(*running.values(), return_exceptions=True)
+                    return not done
+        finally:
+            cancel.cancel()
+
+    async def _ready(self, step: Step) -> bool:
+        """Decide a step that has not started; True when it should start now."""
+        current = self.status.get(step.id, "pending")
+        if current in graph.DONE:
+            return False
+        decision = graph.decide(step, self.status, self.upstream[step.id])
+        if decision == "wait":
+            return False
+        if decision == "skip":
+            await self._set(step, "skipped")
+            return False
+        go = await self._prepare(step)
+        if go is None:
+            return False
+        self.go[step.id] = go
+        return True
+
+    def _scope(self, step: Step) -> dict[str, Any]:
+        upstream = self.upstream[step.id]
+        return {
+            "inputs": dict(self.run.inputs),
+            "trigger": dict(self.run.trigger),
+            "run": {
+                "id": self.run.id,
+                "workflow": self.run.workflow,
+                "revision": self.run.revision,
+            },
+            "steps": {
+                sid: {"outputs": dict(self.records[sid].outputs or {}), "status": self.status[sid]}
+                for sid in upstream
+                if sid in self.records
+            },
+        }
+
+    async def _prepare(self, step: Step) -> _Go | None:
+        scope = self._scope(step)
+        try:
+            if step.when is not None and evaluate(step.when, scope) is not True:
+                await self._set(step, "skipped")
+                return None
+            inputs = render(dict(step.with_), scope)
+        except EvaluationError as exc:
+            await self._log(step.id, f"[runner] {exc}\n")
+            await self._set(step, "failed", error=str(exc))
+            return None
+        digest = inputs_digest(inputs)
+        if step.approval is None and self._agent(step).risk != "approval_required":
+            return _Go(inputs, digest)
+        return await self._gate(step, inputs, digest)
+
+    async def _gate(self, step: Step, inputs: dict[str, Any], digest: str) -> _Go | None:
+        approvals = [
+            a for a in await self.store.list_approvals(run_id=self.run.id) if a.step_id == step.id
+        ]
+        record = self.records.get(step.id)
+        spent = record.finished_at if record is not None else None
+        usable = [
+            a
+            for a in approvals
+            if a.inputs_digest == digest
+            and a.sha == self.run.trigger.get("sha")
+            and (spent is None or a.status == "pending" or (a.decided_at or 0) > spent)
+        ]
+        latest = usable[-1] if usable else None
+        if latest is None or latest.status == "pending":
+            if latest is None:
+                await self._open_gate(step, digest)
+            await self._set(step, "waiting_approval", inputs_digest=digest)
+            return None
+        if latest.status == "approved" or (
+            latest.status == "expired" and latest.policy.on_timeout == "approve"
+        ):
+            return _Go(inputs, digest)
+        if latest.status == "expired" and latest.policy.on_timeout == "fail":
+            await self._set(step, "failed", error="the approval timed out (on_timeout: fail)")
+        else:
+            await self._set(step, "rejected", error=f"the approval was {latest.status}")
+        return None
+
+    async def _open_gate(self, step: Step, digest: str) -> Approval:
+        policy = step.approval or ApprovalPolicy()  # implied by the agent's risk
+        now = self.engine.clock()
+        gate = await self.store.create_approval(
+            Approval(
+                id=0,
+                run_id=self.run.id,
+                step_id=step.id,
+                status="pending",
+                policy=policy,
+                sha=self.run.trigger.get("sha"),
+                revision=self.run.revision,
+                inputs_digest=digest,
+                requested_at=now,
+                deadline=now + policy.timeout if policy.timeout else None,
+            )
+        )
+        await self._log(step.id, f"[runner] waiting for approval {gate.id}\n")
+        return gate
+
+    def _agent(self, step: Step) -> Agent:
+        return self.agents[step.agent]
+
+    # -- one step ---------------------------------------------------------------------------------
+    async def _start(self, step: Step) -> None:
+        go = self.go.pop(step.id)
+        agent = self._agent(step)
+        record = self.records.get(step.id)
+        attempt = record.attempt if record else 0
+        if record is not None and record.started_at and record.finished_at is None:
+            await self._log(
+                step.id, "[runner] the runner stopped during this step; running it again\n"
+            )
+        result = None
+        for retry in range(step.retry.max + 1):
+            attempt += 1
+            await self._set(
+                step,
+                "running",
+                attempt=attempt,
+                started_at=self.engine.clock(),
+                finished_at=None,
+                inputs_digest=go.digest,
+            )
+            spec = StepSpec(
+                run_id=self.run.id,
+                step_id=step.id,
+                attempt=attempt,
+                agent=agent,
+                inputs=go.inputs,
+                workspace=self.workspace,
+                timeout=step.timeout or agent.timeout or self.engine.options.default_timeout,
+                secrets={
+                    name: self.engine.options.secrets[name]
+                    for name in agent.secrets
+                    if name in self.engine.options.secrets
+                },
+                env={"RUNNER_TRIGGER": json.dumps(dict(self.run.trigger))},
+            )
+            async with self.engine.slots:
+                try:
+                    result = await self.engine.executor.run_step(spec, self._sink(step.id))
+                except ExecutorUnavailable:
+                    await self._set(step, "pending", attempt=attempt - 1)
+                    raise
+            if result.ok:
+                await self._set(
+                    step, "succeeded", outputs=result.outputs, finished_at=self.engine.clock()
+                )
+                return
+            if retry < step.retry.max:
+                delay = step.retry.backoff * 2**retry * (1 + random.uniform(0, 0.25))
+                await self._log(
+                    step.id,
+                    f"[runner] attempt {attempt} failed ({result.error});"
+                    f" retrying in {delay:.1f}s\n",
+                )
+                await asyncio.sleep(delay)
+        assert result is not None
+        await self._set(step, "failed", error=result.error, finished_at=self.engine.clock())
+
+    def _sink(self, step_id: str) -> Callable[[bytes], Any]:
+        async def sink(data: bytes) -> None:
+            await self.store.append_log(self.run.id, step_id, data)
+
+        return sink
+
+    async def _log(self, step_id: str, text: str) -> None:
+        await self.store.append_log(self.run.id, step_id, text.encode())
+
+    async def _set(self, step: Step, status: StepStatus, **changes: Any) -> None:
+        record = self.records.get(step.id) or StepRun(
+            run_id=self.run.id, step_id=step.id, status=status
+        )
+        if status in graph.DONE and "finished_at" not in changes:
+            changes["finished_at"] = self.engine.clock()
+        record = replace(record, status=status, **changes)
+        self.records[step.id] = record
+        self.status[step.id] = status
+        await self.store.save_step(record)
+        if self.engine.listener is not None:
+            self.engine.listener(self.run.id, step.id, status)
