@@ -14,8 +14,8 @@ from runner.dag.engine import Engine, EngineOptions
 from runner.executors.local import LocalExecutor
 from runner.model import Run, RunRequest
 from runner.revisions import BundleLoader, content_revision, local_source
-from runner.spec.repo import builtin_agents, load_paths, repo_files
 from runner.spec.compile import compile_files
+from runner.spec.repo import builtin_agents, repo_files
 from runner.store.base import Store, open_store
 from runner.workspace import Workspaces
 
@@ -31,7 +31,8 @@ if counter:
         f.write(os.environ["RUNNER_STEP_ID"] + "\\n")
 if inputs.get("fail"):
     sys.exit(int(inputs["fail"]))
-json.dump({"value": inputs.get("value"), "n": inputs.get("n", 0)}, open(os.environ["RUNNER_OUTPUT"], "w"))
+output = {"value": inputs.get("value"), "n": inputs.get("n", 0)}
+json.dump(output, open(os.environ["RUNNER_OUTPUT"], "w"))
 """
 
 
@@ -112,6 +113,3 @@ async def harness(tmp_path: Path) -> AsyncIterator[Harness]:
         yield Harness(store=store, engine=engine, repo=repo, tmp=tmp_path, events=events)
     finally:
         await store.close()
-
-
-__all__ = ["Harness", "load_paths"]
