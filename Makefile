@@ -12,9 +12,13 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev,postgres,agents]'
 	touch $(STAMP)
 
+# Scan the bundled sample application with pr-security-review; it stops at the patcher's
+# approval gate (exit 3) and prints the command that approves it.
 run: $(STAMP)
 	$(BIN)/runner validate workflows-repo-example
-	$(BIN)/runner plan workflows-repo-example
+	examples/make-sample-repo.sh .runner/sample-app
+	$(BIN)/runner run pr-security-review --repo workflows-repo-example --workspace .runner/sample-app \
+		|| test $$? -eq 3
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

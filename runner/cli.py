@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -248,4 +249,12 @@ async def _migrate(settings: Settings) -> list[str]:
 
 
 def main() -> None:
+    from runner.cli_runs import register
+
+    # The CLI reports problems itself; library warnings only when asked for.
+    logging.basicConfig(
+        level=os.environ.get("RUNNER_LOG_LEVEL", "ERROR").upper(),
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    register(cli)
     cli(prog_name="runner")

@@ -40,7 +40,7 @@ def _checkout(clone_url: str, sha: str, dest: Path) -> None:
 
 class Workspaces:
     def __init__(self, root: Path, *, keep_failed: bool = False) -> None:
-        self.root = root
+        self.root = root.absolute()  # agents (and their sandbox) need absolute paths
         self.keep_failed = keep_failed
 
     def path(self, run_id: int) -> Path:

@@ -277,7 +277,7 @@ class _Execution:
     async def _prepare(self, step: Step) -> _Go | None:
         scope = self._scope(step)
         try:
-            if step.when is not None and evaluate(step.when, scope) is not True:
+            if step.when is not None and not await self._when(step, scope):
                 await self._set(step, "skipped")
                 return None
             inputs = render(dict(step.with_), scope)
@@ -289,6 +289,16 @@ class _Execution:
         if step.approval is None and self._agent(step).risk != "approval_required":
             return _Go(inputs, digest)
         return await self._gate(step, inputs, digest)
+
+    async def _when(self, step: Step, scope: dict[str, Any]) -> bool:
+        assert step.when is not None
+        try:
+            return evaluate(step.when, scope) is True
+        except EvaluationError as exc:
+            if not exc.missing:
+                raise
+            await self._log(step.id, f"[runner] when is false: {exc}\n")
+            return False
 
     async def _gate(self, step: Step, inputs: dict[str, Any], digest: str) -> _Go | None:
         approvals = [

@@ -181,6 +181,10 @@ def check_names(expr: Expression, scope: tuple[str, ...] = SCOPE) -> list[str]:
 class EvaluationError(ValueError):
     """An expression that compiled but could not be evaluated with the values at hand."""
 
+    def __init__(self, message: str, *, missing: bool = False) -> None:
+        super().__init__(message)
+        self.missing = missing  # it read a key that is not there (e.g. a skipped step's output)
+
 
 @lru_cache(maxsize=4096)
 def _program(source: str) -> Any:
@@ -214,11 +218,23 @@ def evaluate(source: str, scope: dict[str, Any]) -> Any:
     try:
         result = _program(source.strip()).evaluate(activation)
     except CELEvalError as exc:
-        detail = exc.args[0] if exc.args else str(exc)
-        raise EvaluationError(f"{source.strip()!r}: {detail}") from None
+        result = exc
     if isinstance(result, CELEvalError):
-        raise EvaluationError(f"{source.strip()!r}: {result.args[0] if result.args else result}")
+        detail = str(result.args[0] if result.args else result)
+        missing = detail.startswith(("no such member", "no such key"))
+        raise EvaluationError(f"{source.strip()!r}: {detail}", missing=missing)
     return _plain(result)
+
+
+def _lenient(source: str, scope: dict[str, Any]) -> Any:
+    """A template reading something absent (the outputs of a step that was skipped or failed)
+    gets null, as GitHub Actions users expect; any other error is raised."""
+    try:
+        return evaluate(source, scope)
+    except EvaluationError as exc:
+        if exc.missing:
+            return None
+        raise
 
 
 def render(value: Any, scope: dict[str, Any]) -> Any:
@@ -233,10 +249,10 @@ def render(value: Any, scope: dict[str, Any]) -> Any:
         return value
     whole = _TEMPLATE.fullmatch(value.strip())
     if whole:
-        return evaluate(whole.group(1), scope)
+        return _lenient(whole.group(1), scope)
 
     def text(match: re.Match[str]) -> str:
-        result = evaluate(match.group(1), scope)
+        result = _lenient(match.group(1), scope)
         if isinstance(result, str):
             return result
         if isinstance(result, bool):
