@@ -14,6 +14,14 @@ import sys
 from pathlib import Path
 
 
+def isolated(workspace: Path) -> list[str]:
+    """The repository's own ruff configuration, or none at all (never one from a parent folder)."""
+    own = any((workspace / name).is_file() for name in ("ruff.toml", ".ruff.toml"))
+    pyproject = workspace / "pyproject.toml"
+    own = own or (pyproject.is_file() and "[tool.ruff" in pyproject.read_text(encoding="utf-8"))
+    return [] if own else ["--isolated"]
+
+
 def main() -> None:
     with open(os.environ["RUNNER_INPUT"], encoding="utf-8") as f:
         inputs = json.load(f)
@@ -37,7 +45,8 @@ def main() -> None:
                 "--no-cache",
                 "--exit-zero",
                 "--extend-select",
-                "B,UP,SIM",
+                "E,B,UP,SIM",
+                *isolated(workspace),
                 *targets,
             ],
             cwd=workspace,

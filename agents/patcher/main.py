@@ -31,6 +31,14 @@ def push(repo: pygit2.Repository, branch: str, token: str) -> str:
     return f"pushed {branch} to origin"
 
 
+def isolated(workspace: Path) -> list[str]:
+    """The repository's own ruff configuration, or none at all (never one from a parent folder)."""
+    own = any((workspace / name).is_file() for name in ("ruff.toml", ".ruff.toml"))
+    pyproject = workspace / "pyproject.toml"
+    own = own or (pyproject.is_file() and "[tool.ruff" in pyproject.read_text(encoding="utf-8"))
+    return [] if own else ["--isolated"]
+
+
 def main() -> None:
     with open(os.environ["RUNNER_INPUT"], encoding="utf-8") as f:
         inputs = json.load(f)
@@ -49,7 +57,8 @@ def main() -> None:
             "--output-format",
             "concise",
             "--extend-select",
-            "UP,SIM",
+            "E,UP,SIM",
+            *isolated(workspace),
             ".",
         ],
         cwd=workspace,
