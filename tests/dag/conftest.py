@@ -23,12 +23,15 @@ ECHO = """
 import json, os, sys, time
 inputs = json.load(open(os.environ["RUNNER_INPUT"]))
 print("inputs", json.dumps(inputs, sort_keys=True))
-if inputs.get("sleep"):
-    time.sleep(inputs["sleep"])
 counter = inputs.get("count_file")
 if counter:
     with open(counter, "a") as f:
         f.write(os.environ["RUNNER_STEP_ID"] + "\\n")
+if inputs.get("sleep"):
+    time.sleep(inputs["sleep"])
+hold = inputs.get("hold_file")
+while hold and os.path.exists(hold):
+    time.sleep(0.05)
 if inputs.get("fail"):
     sys.exit(int(inputs["fail"]))
 output = {"value": inputs.get("value"), "n": inputs.get("n", 0)}
