@@ -32,7 +32,8 @@ async def retry(store: Store, run_id: int) -> Run:
         raise PermanentError(f"there is no run {run_id}")
     if current.status not in FINISHED or current.status == "succeeded":
         raise PermanentError(
-            f"run {run_id} is {current.status}; only a failed, cancelled or rejected run can be retried"
+            f"run {run_id} is {current.status}; only a failed, cancelled or rejected run"
+            " can be retried"
         )
     for step in await store.get_steps(run_id):
         if step.status in RERUN:
