@@ -31,6 +31,7 @@ test: lint
 bench: $(STAMP)
 	$(BIN)/python bench/validate.py
 	$(BIN)/python bench/store.py
+	$(BIN)/python bench/engine.py
 
 clean:
-	rm -rf $(VENV) build dist .mypy_cache .pytest_cache .ruff_cache
+	rm -rf $(VENV) .bench-venv build dist .mypy_cache .pytest_cache .ruff_cache

@@ -127,6 +127,13 @@ class _Execution:
                 record = replace(record, status="pending")
             self.records[record.step_id] = record
             self.status[record.step_id] = record.status
+        self.steps = {step.id: step for step in workflow.steps}
+        self.order = {step.id: i for i, step in enumerate(workflow.steps)}
+        self.dependents: dict[str, list[str]] = {s.id: [] for s in workflow.steps}
+        for step in workflow.steps:
+            for need in step.needs:
+                self.dependents[need].append(step.id)
+        self.candidates: set[str] = set(self.steps)
         self.workspace = await self.engine.workspaces.prepare(self.run.id, self.run.trigger)
         self.upstream = graph.ancestors(workflow)
         heartbeat = asyncio.create_task(self._heartbeat())
@@ -219,9 +226,13 @@ class _Execution:
         cancel = asyncio.create_task(self.cancelled.wait())
         try:
             while True:
-                for step in self.workflow.steps:
-                    if step.id not in running and await self._ready(step):
-                        running[step.id] = asyncio.create_task(self._start(step))
+                # only steps whose needs changed are looked at again: O(steps) per run
+                while self.candidates:
+                    batch = sorted(self.candidates, key=self.order.__getitem__)
+                    self.candidates.clear()
+                    for step in (self.steps[sid] for sid in batch):
+                        if step.id not in running and await self._ready(step):
+                            running[step.id] = asyncio.create_task(self._start(step))
                 if not running:
                     return False
                 timeout = None if deadline is None else max(deadline - self.engine.clock(), 0)
@@ -428,6 +439,8 @@ class _Execution:
         record = replace(record, status=status, **changes)
         self.records[step.id] = record
         self.status[step.id] = status
+        if status in graph.DONE:
+            self.candidates.update(self.dependents.get(step.id, ()))
         await self.store.save_step(record)
         if self.engine.listener is not None:
             self.engine.listener(self.run.id, step.id, status)
