@@ -9,6 +9,7 @@ listed team (or, with no list, has write access), and is not the run's author un
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
@@ -81,12 +82,19 @@ async def decide(
     comment: str = "",
     url: str | None = None,
     sha: str | None = None,
+    now: float | None = None,
 ) -> Outcome:
     """Record `who`'s decision if the policy allows it; close the gate when it is decided and
     hand the run back to the workers. Raises `NotAllowed` (nothing recorded) otherwise."""
+    now = time.time() if now is None else now
     approval = await store.get_approval(approval_id)
     if approval is None:
         raise NotAllowed(f"there is no approval {approval_id}")
+    if approval.status == "pending" and approval.deadline is not None and approval.deadline <= now:
+        await expire_due(store, now)  # too late: the gate's on_timeout decides instead
+        raise NotAllowed(
+            f"approval {approval_id} timed out; on_timeout ({approval.policy.on_timeout}) applies"
+        )
     if approval.status != "pending":
         raise NotAllowed(f"approval {approval_id} is already {approval.status}")
     run = await store.get_run(approval.run_id)

@@ -57,6 +57,12 @@ class Tx(Protocol):
         """Run a migration file (several statements)."""
 
 
+def _consume(task: asyncio.Future[Any]) -> None:
+    """Retrieve the outcome of a transaction whose caller went away (cancelled)."""
+    if not task.cancelled() and task.exception() is not None:
+        log.debug("transaction finished after its caller was cancelled: %s", task.exception())
+
+
 def migrations(dialect: str) -> list[tuple[int, str, str]]:
     """(version, name, SQL) of the backend's migration files, in order."""
     folder = resources.files("runner.store").joinpath("migrations", dialect)
@@ -90,6 +96,13 @@ class SqlStore:
 
     # -- plumbing ---------------------------------------------------------------------------------
     async def _in_tx(self, body: Callable[[Tx], Awaitable[T]], *, write: bool = True) -> T:
+        """Run `body` in a transaction, retried on transient errors. A caller that is cancelled
+        does not cut a transaction in half: it finishes (commit or rollback) on its own."""
+        task = asyncio.ensure_future(self._attempts(body, write=write))
+        task.add_done_callback(_consume)
+        return await asyncio.shield(task)
+
+    async def _attempts(self, body: Callable[[Tx], Awaitable[T]], *, write: bool) -> T:
         delay = 0.02
         for attempt in range(self.retries):
             try:

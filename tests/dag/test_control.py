@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from runner.approvals import Identity, decide, expire_due
+from runner.approvals import Identity, NotAllowed, decide, expire_due
 from runner.dag import control
 from runner.dag.engine import EngineOptions
 from tests.dag.conftest import Harness
@@ -111,6 +111,29 @@ async def test_approval_timeout_applies_on_timeout(harness: Harness) -> None:
     harness.write("gated", text)
     run = await harness.go((await harness.start("gated")).id)
     assert run.status == "waiting_approval"
+    (gate,) = await harness.store.list_approvals(status="pending")
+    with pytest.raises(NotAllowed, match="timed out; on_timeout \\(approve\\) applies"):
+        await decide(
+            harness.store,
+            gate.id,
+            who=Identity(name="alice", can_write=True),
+            decision="reject",
+            via="cli",
+            now=gate.requested_at + 5,
+        )
+    assert [g.status for g in await harness.store.list_approvals(run_id=run.id)] == ["expired"]
+    run = await harness.go(run.id)
+    assert run.status == "succeeded"
+    (decision,) = await harness.store.decisions(gate.id)
+    assert (decision.actor, decision.via, decision.decision) == ("runner", "timeout", "approve")
+
+
+async def test_expire_due_closes_only_past_deadlines(harness: Harness) -> None:
+    text = GATED.replace(
+        'required: 2, approvers: [alice, bob, "@acme/sec"]', "timeout: 1s, on_timeout: approve"
+    )
+    harness.write("gated", text)
+    run = await harness.go((await harness.start("gated")).id)
     (gate,) = await harness.store.list_approvals(status="pending")
     assert await expire_due(harness.store, gate.requested_at + 0.5) == []
     (expired,) = await expire_due(harness.store, gate.requested_at + 2)
