@@ -106,6 +106,7 @@ async def _waiting_hint(rt: Runtime, run: Run, console: Console) -> None:
                 else f" (not {escape(str(run.trigger.get('actor')))}, who started it)"
             ),
             highlight=False,
+            soft_wrap=True,
         )
         console.print(
             f"  approve: RUNNER_USER={name} runner approve {run.id} --step {gate.step_id}"

@@ -122,6 +122,7 @@ class LocalExecutor:
             "--dev", "/dev",
             "--proc", "/proc",
             "--tmpfs", "/tmp",
+            *self._python_binds(),
             "--ro-bind", agent_dir, agent_dir,
             "--bind", str(step.workspace), str(step.workspace),
             "--bind", str(io), str(io),
@@ -132,6 +133,16 @@ class LocalExecutor:
         if not step.agent.network:
             wrapper.append("--unshare-net")
         return [*wrapper, "--", *command]
+
+    @staticmethod
+    def _python_binds() -> list[str]:
+        """The runner's Python (venv and base install) may live under /tmp, which the sandbox
+        replaces with an empty tmpfs: bind them back, read-only."""
+        binds: list[str] = []
+        for prefix in sorted({sys.prefix, sys.base_prefix, sys.exec_prefix}):
+            if prefix.startswith("/tmp"):
+                binds += ["--ro-bind", prefix, prefix]
+        return binds
 
     def _environment(self, step: StepSpec, io: Path) -> dict[str, str]:
         env = {k: os.environ[k] for k in ENV_ALLOWLIST if k in os.environ}
