@@ -44,6 +44,11 @@ class SourceFile:
     data: bytes
     role: Role = "any"
     agent_dir: str | None = None
+    key: str | None = None  # content id (a git blob id): files with a known key are not re-read
+
+
+# (path, key) -> the documents of a file and the errors found in it on its own
+FileCache = dict[tuple[str, str], tuple[list[Document], list[SpecError]]]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -495,30 +500,48 @@ def _build_workflow(doc: Document, agents: Mapping[str, Agent]) -> Workflow:
     )
 
 
+def _load(source: SourceFile) -> tuple[list[Document], list[SpecError]]:
+    loaded = load_bytes(source.path, source.data)
+    errors = list(loaded.errors)
+    documents = loaded.documents
+    if source.role == "agent" and len(documents) > 1:
+        errors.append(documents[1].error([], "agent.yaml holds exactly one Agent document"))
+        documents = documents[:1]
+    for doc in documents:
+        errors.extend(validate_document(doc))
+    return documents, errors
+
+
 def _documents(
-    files: Iterable[SourceFile], errors: list[SpecError]
+    files: Iterable[SourceFile], errors: list[SpecError], cache: FileCache | None
 ) -> Iterator[tuple[SourceFile, Document]]:
     for source in files:
-        loaded = load_bytes(source.path, source.data)
-        errors.extend(loaded.errors)
-        documents = loaded.documents
-        if source.role == "agent" and len(documents) > 1:
-            errors.append(documents[1].error([], "agent.yaml holds exactly one Agent document"))
-            documents = documents[:1]
+        entry = (source.path, source.key) if source.key else None
+        if cache is not None and entry is not None and entry in cache:
+            documents, problems = cache[entry]
+        else:
+            documents, problems = _load(source)
+            if cache is not None and entry is not None:
+                cache[entry] = (documents, problems)
+        errors.extend(problems)
         for doc in documents:
-            errors.extend(validate_document(doc))
             yield source, doc
 
 
-def compile_files(files: Iterable[SourceFile], *, builtins: Mapping[str, Agent]) -> Result:
-    """Validate and compile a set of files; the bundle holds what compiled, `errors` the rest."""
+def compile_files(
+    files: Iterable[SourceFile], *, builtins: Mapping[str, Agent], cache: FileCache | None = None
+) -> Result:
+    """Validate and compile a set of files; the bundle holds what compiled, `errors` the rest.
+
+    With a `cache`, files with a `key` seen before are not parsed or schema-checked again (the
+    reconciler keys them by blob id); the rules across documents always run on all of them."""
     errors: list[SpecError] = []
     agents: dict[str, Agent] = dict(builtins)
     workflow_docs: list[Document] = []
     broken_agents: set[str] = set()
     stored: list[StoredDocument] = []
     defined: dict[tuple[str, str], Document] = {}
-    for source, doc in _documents(files, errors):
+    for source, doc in _documents(files, errors, cache):
         kind, name = _get(doc.data, "kind"), _get(doc.data, "metadata", "name")
         if isinstance(name, str) and kind in ("Workflow", "Agent"):
             if (kind, name) in defined:

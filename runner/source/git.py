@@ -1,0 +1,220 @@
+"""A workflows repository in git (pygit2): a bare mirror in the data directory, fetched with a
+deadline, read without a checkout.
+
+The remote is looked up again for every fetch (a kept `Remote` can report stale heads) and
+libgit2 has no network timeout, so a fetch runs in a thread with a deadline around it: a hung
+remote costs one stuck thread, never the loop. Credentials are read from the environment or a
+file at fetch time and are never logged or stored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import os
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pygit2
+
+from runner.errors import PermanentError, TransientError
+from runner.spec.compile import SourceFile
+from runner.spec.repo import repo_layout
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, kw_only=True)
+class GitSourceConfig:
+    name: str
+    url: str
+    branch: str = "main"
+    path: str = "."
+    interval: float = 60.0
+    credentials: Mapping[str, str] = field(default_factory=dict)
+
+
+def redact(url: str) -> str:
+    return re.sub(r"//[^@/]*@", "//***@", url)
+
+
+def _callbacks(config: GitSourceConfig) -> pygit2.RemoteCallbacks | None:
+    creds = config.credentials
+    if "token_env" in creds:
+        token = os.environ.get(creds["token_env"], "")
+        return pygit2.RemoteCallbacks(credentials=pygit2.UserPass("x-access-token", token))
+    if "username_env" in creds:
+        user = os.environ.get(creds["username_env"], "")
+        password = os.environ.get(creds.get("password_env", ""), "")
+        return pygit2.RemoteCallbacks(credentials=pygit2.UserPass(user, password))
+    if "ssh_key_file" in creds:
+        key = creds["ssh_key_file"]
+        return pygit2.RemoteCallbacks(credentials=pygit2.Keypair("git", None, key, ""))
+    return None
+
+
+class GitSource:
+    """Fetches one branch of a remote into a bare mirror and reads trees from it."""
+
+    def __init__(self, config: GitSourceConfig, data_dir: Path) -> None:
+        self.config = config
+        self.name = config.name
+        self.interval = config.interval
+        digest = hashlib.sha256(config.url.encode()).hexdigest()[:12]
+        self.mirror_path = data_dir / "mirrors" / f"{config.name}-{digest}.git"
+        self._repo: pygit2.Repository | None = None
+
+    @property
+    def repo(self) -> pygit2.Repository:
+        if self._repo is None:
+            if self.mirror_path.exists():
+                self._repo = pygit2.Repository(str(self.mirror_path))
+            else:
+                self.mirror_path.parent.mkdir(parents=True, exist_ok=True)
+                self._repo = pygit2.init_repository(str(self.mirror_path), bare=True)
+        return self._repo
+
+    def _url(self) -> str:
+        url = self.config.url
+        if "://" not in url and not re.match(r"^[\w.-]+@[\w.-]+:", url):
+            return str(Path(url).resolve())  # a local path
+        return url
+
+    def _fetch(self) -> str:
+        repo = self.repo
+        ref = f"refs/remotes/origin/{self.config.branch}"
+        if "origin" in [r.name for r in repo.remotes]:
+            repo.remotes.set_url("origin", self._url())
+        else:
+            repo.remotes.create("origin", self._url(), "+refs/heads/*:refs/remotes/origin/*")
+        remote = repo.remotes["origin"]  # looked up again for every fetch
+        refspec = f"+refs/heads/{self.config.branch}:{ref}"
+        remote.fetch(
+            [refspec], callbacks=_callbacks(self.config), prune=pygit2.enums.FetchPrune.PRUNE
+        )
+        try:
+            return str(repo.references[ref].target)
+        except KeyError:
+            raise PermanentError(
+                f"branch {self.config.branch!r} does not exist in {redact(self.config.url)}"
+            ) from None
+
+    async def fetch(self, deadline: float = 60.0) -> str:
+        """Fetch the branch; its head sha. Transient on network trouble or the deadline."""
+        try:
+            return await asyncio.wait_for(asyncio.to_thread(self._fetch), timeout=deadline)
+        except TimeoutError:
+            raise TransientError(
+                f"fetching {redact(self.config.url)} took longer than {deadline:g}s"
+            ) from None
+        except pygit2.GitError as exc:
+            raise TransientError(f"fetching {redact(self.config.url)} failed: {exc}") from None
+
+    def listing(self, sha: str) -> dict[str, str]:
+        """{path relative to the source's folder: blob id} of the documents at `sha`."""
+        tree = self._folder(sha)
+        if tree is None:
+            return {}
+        blobs: dict[str, str] = {}
+        for top in ("workflows", "agents"):
+            try:
+                entry = tree[top]
+            except KeyError:
+                continue
+            sub = self.repo[entry.id]
+            if isinstance(sub, pygit2.Tree):
+                self._walk(sub, f"{top}/", blobs)
+        return {rel: blobs[rel] for rel, _, _ in repo_layout(blobs)}
+
+    def _folder(self, sha: str) -> pygit2.Tree | None:
+        tree = self.repo.revparse_single(sha).peel(pygit2.Commit).tree
+        folder = self.config.path.strip("/")
+        if folder in ("", "."):
+            return tree
+        try:
+            sub = self.repo[tree[folder].id]
+        except KeyError:
+            return None
+        return sub if isinstance(sub, pygit2.Tree) else None
+
+    def _walk(self, tree: pygit2.Tree, prefix: str, out: dict[str, str]) -> None:
+        for entry in tree:
+            if entry.type_str == "tree":
+                sub = self.repo[entry.id]
+                assert isinstance(sub, pygit2.Tree)
+                self._walk(sub, f"{prefix}{entry.name}/", out)
+            elif entry.type_str == "blob":
+                out[f"{prefix}{entry.name}"] = str(entry.id)
+
+    def _files(self, sha: str, known: Callable[[str, str], bool]) -> list[SourceFile]:
+        listing = self.listing(sha)
+        out = []
+        for rel, role, agent_dir in repo_layout(listing):
+            key = listing[rel]
+            data = b""
+            if not known(rel, key):
+                blob = self.repo[key]
+                assert isinstance(blob, pygit2.Blob)
+                data = blob.data
+            out.append(
+                SourceFile(
+                    path=rel,
+                    data=data,
+                    role="workflows" if role == "workflows" else "agent",
+                    agent_dir=agent_dir,
+                    key=key,
+                )
+            )
+        return out
+
+    async def files(self, revision: str, known: Callable[[str, str], bool]) -> list[SourceFile]:
+        """The documents at `revision`; a file `known(path, blob id)` is listed but not read."""
+        return await asyncio.to_thread(self._files, revision, known)
+
+    def agents_root(self, revision: str) -> Path:
+        """A folder holding `agents/` as of `revision` (repo-local agents' programs)."""
+        return self.checkout_agents(
+            revision, self.mirror_path.parent.parent / "checkouts" / self.config.name / revision
+        )
+
+    def checkout_agents(self, sha: str, dest: Path) -> Path:
+        """The `agents/` folder of `sha` written under `dest` (repo-local agents' programs)."""
+        if dest.exists():
+            return dest
+        partial = dest.with_name(dest.name + ".partial")
+        tree = self._folder(sha)
+        if tree is not None:
+            self._export(tree, partial, only="agents")
+        else:
+            partial.mkdir(parents=True)
+        partial.mkdir(parents=True, exist_ok=True)
+        partial.rename(dest)
+        return dest
+
+    def _export(self, tree: pygit2.Tree, dest: Path, only: str | None = None) -> None:
+        for entry in tree:
+            if only is not None and entry.name != only:
+                continue
+            target = dest / str(entry.name)
+            obj: Any = self.repo[entry.id]
+            if isinstance(obj, pygit2.Tree):
+                target.mkdir(parents=True, exist_ok=True)
+                self._export(obj, target)
+            elif isinstance(obj, pygit2.Blob):
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_bytes(obj.data)
+                if entry.filemode == pygit2.enums.FileMode.BLOB_EXECUTABLE:
+                    target.chmod(0o755)
+
+    def rewritten(self, old: str, new: str) -> bool:
+        """Whether `new` does not descend from `old` (a force-push or rewritten history)."""
+        if old == new:
+            return False
+        try:
+            return not self.repo.descendant_of(new, old)
+        except (KeyError, ValueError, pygit2.GitError):
+            return True

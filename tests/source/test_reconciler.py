@@ -1,0 +1,190 @@
+"""The reconciler against a real git remote served over smart HTTP on 127.0.0.1."""
+
+from __future__ import annotations
+
+import subprocess
+import textwrap
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from runner.errors import TransientError
+from runner.scheduler import Scheduler
+from runner.source.git import GitSource, GitSourceConfig
+from runner.source.reconciler import Reconciler
+from runner.store.base import Store, open_store
+from tests.gitserver import GitServer, git_server
+
+pytestmark = pytest.mark.anyio
+
+NIGHTLY = """\
+apiVersion: runner/v1
+kind: Workflow
+metadata: {{name: {name}}}
+spec:
+  triggers: [{{schedule: {{cron: "{cron}"}}}}]
+  steps: [{{id: scan, agent: security-scanner}}]
+"""
+
+
+def git(cwd: Path, *args: str) -> str:
+    done = subprocess.run(
+        ["git", "-c", "user.name=t", "-c", "user.email=t@example.com", *args],
+        cwd=cwd,
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return done.stdout.strip()
+
+
+class Repo:
+    def __init__(self, root: Path, server: GitServer) -> None:
+        self.remote = root / "srv" / "workflows.git"
+        self.work = root / "work"
+        git(root, "init", "-q", "--bare", "-b", "main", str(self.remote))
+        git(root, "init", "-q", "-b", "main", str(self.work))
+        git(self.work, "remote", "add", "origin", str(self.remote))
+        (self.work / "workflows").mkdir()
+        self.url = server.url("workflows.git")
+
+    def commit(
+        self, files: dict[str, str | None], message: str = "change", *, force: bool = False
+    ) -> str:
+        for rel, text in files.items():
+            path = self.work / rel
+            if text is None:
+                path.unlink()
+            else:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_text(textwrap.dedent(text))
+        git(self.work, "add", "-A")
+        git(self.work, "commit", "-q", "-m", message)
+        git(self.work, "push", "-q", *(["--force"] if force else []), "origin", "main")
+        return git(self.work, "rev-parse", "HEAD")
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[GitServer]:
+    (tmp_path / "srv").mkdir()
+    with git_server(tmp_path / "srv") as running:
+        yield running
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[Store]:
+    opened = open_store(f"sqlite:///{tmp_path}/runner.db")
+    await opened.open()
+    await opened.migrate()
+    try:
+        yield opened
+    finally:
+        await opened.close()
+
+
+async def test_apply_refuse_fix_retire_force_push_and_outage(
+    tmp_path: Path, server: GitServer, store: Store
+) -> None:
+    repo = Repo(tmp_path, server)
+    first = repo.commit(
+        {"workflows/nightly.yaml": NIGHTLY.format(name="nightly", cron="0 3 * * *")}
+    )
+    scheduler = Scheduler(store.request_run)
+    source = GitSource(GitSourceConfig(name="main", url=repo.url), tmp_path / "data")
+    reconciler = Reconciler(
+        store, source, sync=lambda s, r, b, c: scheduler.sync(s, r, b, catch_up=c)
+    )
+
+    applied = await reconciler.reconcile()
+    assert (applied.revision, applied.applied) == (first, True)
+    assert [d.name for d in (await store.applied_documents("main"))[1]] == ["nightly"]
+    assert list(scheduler.jobs) == ["main|nightly|0 3 * * *|UTC"]
+    again = await reconciler.reconcile()
+    assert (again.changed, again.applied) == (False, False)
+
+    broken = repo.commit(
+        {"workflows/broken.yaml": "apiVersion: runner/v1\nkind: Workflow\nmetadata: {name: Bad}\n"}
+    )
+    refused = await reconciler.reconcile()
+    assert (refused.applied, refused.errors) == (False, 2)  # bad name, no spec
+    status = await store.get_source_status("main")
+    assert status is not None
+    assert (status.applied_revision, status.attempted_revision) == (first, broken)
+    ready = {c.type: c for c in status.conditions}
+    assert (ready["Ready"].status, ready["Ready"].reason, ready["Stalled"].status) == (
+        False,
+        "Invalid",
+        True,
+    )
+    assert any(e["path"] == "workflows/broken.yaml" and e["line"] == 3 for e in status.errors)
+    assert list(scheduler.jobs) == ["main|nightly|0 3 * * *|UTC"]  # the old schedule still fires
+
+    fixed = repo.commit(
+        {
+            "workflows/broken.yaml": None,
+            "workflows/weekly.yaml": NIGHTLY.format(name="weekly", cron="0 4 * * 1"),
+        }
+    )
+    assert (await reconciler.reconcile()).applied
+    status = await store.get_source_status("main")
+    assert status is not None
+    assert (status.applied_revision, status.errors) == (fixed, ())
+    assert sorted(scheduler.jobs) == ["main|nightly|0 3 * * *|UTC", "main|weekly|0 4 * * 1|UTC"]
+
+    retired = repo.commit({"workflows/nightly.yaml": None})
+    assert (await reconciler.reconcile()).applied
+    assert [d.name for d in (await store.applied_documents("main"))[1]] == ["weekly"]
+    assert list(scheduler.jobs) == ["main|weekly|0 4 * * 1|UTC"]
+    assert (await store.revision_documents("main", first))[0].name == "nightly"  # pinned runs
+
+    git(repo.work, "reset", "-q", "--hard", first)
+    rewritten = repo.commit(
+        {"workflows/other.yaml": NIGHTLY.format(name="other", cron="0 5 * * *")}, force=True
+    )
+    assert rewritten != retired
+    result = await reconciler.reconcile()
+    assert (result.revision, result.applied) == (rewritten, True)
+    assert sorted(d.name for d in (await store.applied_documents("main"))[1]) == [
+        "nightly",
+        "other",
+    ]
+
+    server.set_down(True)
+    with pytest.raises(TransientError, match="fetching"):
+        await reconciler.reconcile()
+    status = await store.get_source_status("main")
+    assert status is not None
+    ready = {c.type: c for c in status.conditions}["Ready"]
+    assert (ready.status, ready.reason, status.applied_revision) == (
+        False,
+        "FetchFailed",
+        rewritten,
+    )
+    server.set_down(False)
+    assert (await reconciler.reconcile()).revision == rewritten
+    assert {c.type: c for c in (await store.get_source_status("main")).conditions}["Ready"].status  # type: ignore[union-attr]
+
+
+async def test_only_changed_files_are_parsed_again(
+    tmp_path: Path, server: GitServer, store: Store
+) -> None:
+    repo = Repo(tmp_path, server)
+    repo.commit(
+        {f"workflows/w{i}.yaml": NIGHTLY.format(name=f"w{i}", cron="0 3 * * *") for i in range(20)}
+    )
+    source = GitSource(GitSourceConfig(name="main", url=repo.url), tmp_path / "data")
+    reconciler = Reconciler(store, source)
+    await reconciler.reconcile()
+    read: list[str] = []
+    original = source._files
+
+    def spy(sha: str, known):  # type: ignore[no-untyped-def]
+        files = original(sha, known)
+        read.extend(f.path for f in files if f.data)
+        return files
+
+    source._files = spy  # type: ignore[method-assign]
+    repo.commit({"workflows/w7.yaml": NIGHTLY.format(name="w7", cron="0 6 * * *")})
+    assert (await reconciler.reconcile()).applied
+    assert read == ["workflows/w7.yaml"]
