@@ -249,12 +249,13 @@ async def _migrate(settings: Settings) -> list[str]:
 
 
 def main() -> None:
-    from runner.cli_runs import register
+    from runner import cli_runs, cli_serve
 
     # The CLI reports problems itself; library warnings only when asked for.
     logging.basicConfig(
         level=os.environ.get("RUNNER_LOG_LEVEL", "ERROR").upper(),
         format="%(levelname)s %(name)s: %(message)s",
     )
-    register(cli)
+    cli_runs.register(cli)
+    cli_serve.register(cli)
     cli(prog_name="runner")

@@ -3,19 +3,32 @@ know every part."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import uvicorn
+
 from runner.dag.engine import Engine, EngineOptions, Listener
+from runner.errors import UsageError
 from runner.executors.base import Executor, open_executor
+from runner.model import Bundle
 from runner.revisions import BundleLoader
+from runner.scheduler import Scheduler
 from runner.settings import Settings
+from runner.source.git import GitSource, GitSourceConfig
+from runner.source.local import DirectorySource
+from runner.source.reconciler import Reconciler, Source
 from runner.spec.repo import builtin_agents
+from runner.spec.timing import parse_duration
 from runner.store.base import Store, open_store
+from runner.web.app import Check, create_app
+from runner.worker import WorkerPool
 from runner.workspace import Workspaces
 
 
@@ -34,9 +47,13 @@ class Runtime:
 
 @asynccontextmanager
 async def runtime(
-    settings: Settings, *, listener: Listener | None = None
+    settings: Settings,
+    *,
+    listener: Listener | None = None,
+    roots: Callable[[str, str], Path | None] | None = None,
 ) -> AsyncIterator[Runtime]:
-    """An open, migrated store and an engine on the configured executor."""
+    """An open, migrated store and an engine on the configured executor. `roots` finds the
+    checkout holding a source's repo-local agents at a revision."""
     store = open_store(
         settings.database.url,
         pool_size=settings.database.pool_size,
@@ -54,7 +71,7 @@ async def runtime(
         engine = Engine(
             store,
             executor,
-            BundleLoader(store.revision_documents, builtin_agents()),
+            BundleLoader(store.revision_documents, builtin_agents(), roots),
             Workspaces(
                 Path(settings.data_dir) / "workspaces",
                 keep_failed=settings.executor.keep_failed_workspaces,
@@ -67,3 +84,108 @@ async def runtime(
         yield Runtime(settings=settings, store=store, executor=executor, engine=engine, node=node)
     finally:
         await store.close()
+
+
+def build_sources(settings: Settings) -> list[Source]:
+    """The configured sources; with none, the bundled example next to the working directory."""
+    configured = list(settings.sources)
+    if not configured:
+        example = Path("workflows-repo-example")
+        if not example.is_dir():
+            raise UsageError(
+                "no source is configured: set sources in runner.yaml or RUNNER_SOURCE_URL"
+            )
+        configured = [{"name": "main", "url": str(example), "interval": "10s"}]
+    sources: list[Source] = []
+    for raw in configured:
+        url = str(raw["url"])
+        interval = parse_duration(str(raw.get("interval", "60s")))
+        local = Path(url.removeprefix("file://"))
+        if (
+            "://" not in url.replace("file://", "", 1)
+            and local.is_dir()
+            and not (local / ".git").exists()
+            and not local.name.endswith(".git")
+        ):
+            folder = local / str(raw.get("path", "."))
+            sources.append(DirectorySource(str(raw["name"]), folder, interval))
+            continue
+        config = GitSourceConfig(
+            name=str(raw["name"]),
+            url=url,
+            branch=str(raw.get("branch", "main")),
+            path=str(raw.get("path", ".")),
+            interval=interval,
+            credentials=dict(raw.get("credentials", {})),
+        )
+        sources.append(GitSource(config, Path(settings.data_dir)))
+    return sources
+
+
+class _Server(uvicorn.Server):
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:  # the service handles signals itself
+        yield
+
+
+async def serve(settings: Settings, *, role: str, stop: asyncio.Event, grace: float = 30.0) -> None:
+    """`runner serve`: reconcilers, scheduler and workers (role worker), the HTTP service (role
+    web), or all of them, until `stop` is set."""
+    sources = build_sources(settings) if role in ("all", "worker") else []
+    by_name = {source.name: source for source in sources}
+
+    def roots(source: str, revision: str) -> Path | None:
+        found = by_name.get(source)
+        return found.agents_root(revision) if found else None
+
+    async with runtime(settings, roots=roots) as rt:
+        scheduler = Scheduler(rt.store.request_run)
+        workers = WorkerPool(rt.engine, slots=settings.executor.max_parallel)
+
+        async def sync(source: str, revision: str, bundle: Bundle, catch_up: bool) -> None:
+            await scheduler.sync(source, revision, bundle, catch_up=catch_up)
+            workers.nudge()
+
+        reconcilers = [Reconciler(rt.store, source, sync=sync) for source in sources]
+
+        async def store_ready() -> tuple[bool, str]:
+            pending = await rt.store.pending_migrations()
+            return (not pending, "migrations current" if not pending else f"pending: {pending}")
+
+        async def executor_ready() -> tuple[bool, str]:
+            health = await rt.executor.health()
+            return health.ok, health.detail
+
+        async def sources_ready() -> tuple[bool, str]:
+            statuses = await rt.store.list_source_statuses()
+            applied = [s.name for s in statuses if s.applied_revision]
+            missing = [s.name for s in sources if s.name not in applied]
+            return (not missing, "all applied" if not missing else f"not applied yet: {missing}")
+
+        checks: dict[str, Check] = {"store": store_ready, "executor": executor_ready}
+        if sources:
+            checks["sources"] = sources_ready
+        server = _Server(
+            uvicorn.Config(
+                create_app(checks),
+                host=settings.listen.host,
+                port=settings.listen.port,
+                log_level="warning",
+                lifespan="off",
+            )
+        )
+        async with asyncio.TaskGroup() as group:
+            if role in ("all", "worker"):
+                scheduler.start()
+                for reconciler in reconcilers:
+                    group.create_task(reconciler.run_forever(stop))
+                group.create_task(workers.run_forever(stop, grace=grace))
+            if role in ("all", "web"):
+                group.create_task(server.serve())
+
+                async def stop_web() -> None:
+                    await stop.wait()
+                    server.should_exit = True
+
+                group.create_task(stop_web())
+        scheduler.shutdown()
