@@ -71,7 +71,7 @@ class Reconciler:
         self.sync = sync
         self.fetch_deadline = fetch_deadline
         self.clock = clock
-        self.cache: FileCache = {}
+        self.cache = FileCache()
         self.nudged = asyncio.Event()
         self.started = False
 
@@ -126,7 +126,7 @@ class Reconciler:
                 revision[:12],
                 applied[:12],
             )
-        files = await self.source.files(revision, lambda path, key: (path, key) in self.cache)
+        files = await self.source.files(revision, lambda path, key: (path, key) in self.cache.files)
         result = compile_files(files, builtins=builtin_agents(), cache=self.cache)
         self._trim(files)
         if result.errors:
@@ -191,9 +191,7 @@ class Reconciler:
             return None
 
     def _trim(self, files: list[SourceFile]) -> None:
-        current = {(f.path, f.key) for f in files if f.key}
-        for entry in [e for e in self.cache if e not in current]:
-            del self.cache[entry]
+        self.cache.keep_only({(f.path, f.key) for f in files if f.key})
 
     async def _status(
         self,

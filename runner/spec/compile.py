@@ -47,8 +47,28 @@ class SourceFile:
     key: str | None = None  # content id (a git blob id): files with a known key are not re-read
 
 
-# (path, key) -> the documents of a file and the errors found in it on its own
-FileCache = dict[tuple[str, str], tuple[list[Document], list[SpecError]]]
+@dataclass
+class FileCache:
+    """What compiling keyed files found, reused while their content (and, for workflows, the
+    set of agents) is unchanged: the reconciler keys files by blob id, so a one-file commit
+    costs one file's parsing and checking."""
+
+    # (path, key) -> the file's documents and the errors found in it on its own
+    files: dict[tuple[str, str], tuple[list[Document], list[SpecError]]] = field(
+        default_factory=dict
+    )
+    # (path, key, document, agents fingerprint) -> (errors, compiled workflow, stored form)
+    workflows: dict[
+        tuple[str, str, int, str],
+        tuple[list[SpecError], Workflow | None, StoredDocument | None],
+    ] = field(default_factory=dict)
+
+    def keep_only(self, current: set[tuple[str, str]]) -> None:
+        """Forget files that are no longer in the tree."""
+        for entry in [e for e in self.files if e not in current]:
+            del self.files[entry]
+        for wkey in [w for w in self.workflows if (w[0], w[1]) not in current]:
+            del self.workflows[wkey]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -517,12 +537,12 @@ def _documents(
 ) -> Iterator[tuple[SourceFile, Document]]:
     for source in files:
         entry = (source.path, source.key) if source.key else None
-        if cache is not None and entry is not None and entry in cache:
-            documents, problems = cache[entry]
+        if cache is not None and entry is not None and entry in cache.files:
+            documents, problems = cache.files[entry]
         else:
             documents, problems = _load(source)
             if cache is not None and entry is not None:
-                cache[entry] = (documents, problems)
+                cache.files[entry] = (documents, problems)
         errors.extend(problems)
         for doc in documents:
             yield source, doc
@@ -537,7 +557,7 @@ def compile_files(
     reconciler keys them by blob id); the rules across documents always run on all of them."""
     errors: list[SpecError] = []
     agents: dict[str, Agent] = dict(builtins)
-    workflow_docs: list[Document] = []
+    workflow_docs: list[tuple[SourceFile, Document]] = []
     broken_agents: set[str] = set()
     stored: list[StoredDocument] = []
     defined: dict[tuple[str, str], Document] = {}
@@ -576,23 +596,39 @@ def compile_files(
         elif kind == "Workflow":
             if source.role == "agent":
                 errors.append(doc.error(["kind"], "a Workflow belongs under workflows/"))
-            workflow_docs.append(doc)
+            workflow_docs.append((source, doc))
     workflows: dict[str, Workflow] = {}
     validators: dict[str, Any] = {}  # compiled `inputs` schema of each agent, shared
     broken = frozenset(broken_agents)
-    for doc in workflow_docs:
-        before = len(errors)
-        errors.extend(_WorkflowChecker(doc, agents, broken, validators).run())
-        valid_schema = not any(
-            e.path == doc.path and e.document == doc.index for e in errors[:before]
-        )
-        if len(errors) == before and valid_schema:
-            workflow = _build_workflow(doc, agents)
+    fingerprint = _agents_fingerprint(agents, broken)
+    schema_failed = {(e.path, e.document) for e in errors}
+    for source, doc in workflow_docs:
+        wkey = (source.path, source.key, doc.index, fingerprint) if source.key else None
+        if cache is not None and wkey is not None and wkey in cache.workflows:
+            problems, workflow, as_stored = cache.workflows[wkey]
+        else:
+            problems = _WorkflowChecker(doc, agents, broken, validators).run()
+            ok = not problems and (doc.path, doc.index) not in schema_failed
+            workflow = _build_workflow(doc, agents) if ok else None
+            as_stored = _stored(doc, "Workflow", workflow.name) if workflow else None
+            if cache is not None and wkey is not None:
+                cache.workflows[wkey] = (problems, workflow, as_stored)
+        errors.extend(problems)
+        if workflow is not None and as_stored is not None:
             workflows.setdefault(workflow.name, workflow)
-            stored.append(_stored(doc, "Workflow", workflow.name))
+            stored.append(as_stored)
     return Result(
         bundle=Bundle(workflows=workflows, agents=agents), errors=sorted(errors), documents=stored
     )
+
+
+def _agents_fingerprint(agents: Mapping[str, Agent], broken: frozenset[str]) -> str:
+    text = (
+        "|".join(f"{n}={a.digest}" for n, a in sorted(agents.items()))
+        + "|"
+        + ",".join(sorted(broken))
+    )
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def _stored(doc: Document, kind: Literal["Workflow", "Agent"], name: str) -> StoredDocument:

@@ -53,6 +53,10 @@ class _PgTx:
         await self.cursor.execute(_sql(sql), tuple(params))
         return await self.cursor.fetchall()
 
+    async def many(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        if rows:
+            await self.cursor.executemany(_sql(sql), [tuple(r) for r in rows])
+
     async def script(self, sql: str) -> None:
         await self.cursor.execute(sql.encode())  # no parameters: several statements at once
 

@@ -53,6 +53,9 @@ class Tx(Protocol):
     async def all(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         """Every row of a query."""
 
+    async def many(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        """Run one statement for each of `rows` (batched by the driver)."""
+
     async def script(self, sql: str) -> None:
         """Run a migration file (several statements)."""
 
@@ -224,17 +227,26 @@ class SqlStore:
                 (source, revision, now),
             )
             if fresh:
-                for doc in documents:
-                    await tx.execute(
-                        "INSERT INTO document_contents (digest, content) VALUES (?, ?)"
-                        " ON CONFLICT (digest) DO NOTHING",
-                        (doc.digest, rows.dumps(doc.content)),
+                digests = sorted({doc.digest for doc in documents})
+                known: set[str] = set()
+                for first in range(0, len(digests), 500):
+                    chunk = digests[first : first + 500]
+                    marks = ", ".join("?" for _ in chunk)
+                    found = await tx.all(
+                        f"SELECT digest FROM document_contents WHERE digest IN ({marks})", chunk
                     )
-                    await tx.execute(
-                        "INSERT INTO documents (source, revision, kind, name, digest, path)"
-                        " VALUES (?, ?, ?, ?, ?, ?)",
-                        (source, revision, doc.kind, doc.name, doc.digest, doc.path),
-                    )
+                    known.update(str(r[0]) for r in found)
+                fresh_contents = {d.digest: d for d in documents if d.digest not in known}
+                await tx.many(
+                    "INSERT INTO document_contents (digest, content) VALUES (?, ?)"
+                    " ON CONFLICT (digest) DO NOTHING",
+                    [(digest, rows.dumps(d.content)) for digest, d in fresh_contents.items()],
+                )
+                await tx.many(
+                    "INSERT INTO documents (source, revision, kind, name, digest, path)"
+                    " VALUES (?, ?, ?, ?, ?, ?)",
+                    [(source, revision, d.kind, d.name, d.digest, d.path) for d in documents],
+                )
             await tx.execute(
                 "INSERT INTO sources (name, applied_revision, applied_at, updated_at)"
                 " VALUES (?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET"

@@ -68,6 +68,10 @@ class _SqliteTx:
         await cursor.close()
         return [tuple(r) for r in rows]
 
+    async def many(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        if rows:
+            await self.conn.executemany(sql, [tuple(r) for r in rows])
+
     async def script(self, sql: str) -> None:
         for statement in _split(sql):
             await self.conn.execute(statement)
