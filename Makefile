@@ -13,12 +13,14 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 # Scan the bundled sample application with pr-security-review; it stops at the patcher's
-# approval gate (exit 3) and prints the command that approves it.
+# approval gate (exit 3) and prints the command that approves it. Then serve the embedded
+# defaults (SQLite ./runner.db, local executor, workflows-repo-example) until Ctrl-C.
 run: $(STAMP)
 	$(BIN)/runner validate workflows-repo-example
 	examples/make-sample-repo.sh .runner/sample-app
 	$(BIN)/runner run pr-security-review --repo workflows-repo-example --workspace .runner/sample-app \
 		|| test $$? -eq 3
+	$(BIN)/runner serve
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
