@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from runner import __version__
+from runner.cli_common import config_option, output_option
 from runner.errors import SpecError, TransientError, UsageError
 from runner.model import Bundle
 from runner.settings import Settings, load_settings
@@ -26,15 +27,6 @@ from runner.spec.plan import Plan, make_plan
 from runner.spec.repo import builtin_agents, load_paths
 
 F = TypeVar("F", bound=Callable[..., Any])
-
-output_option = click.option(
-    "--output",
-    "-o",
-    type=click.Choice(["text", "json"]),
-    default="text",
-    show_default=True,
-    help="Output format.",
-)
 
 
 def _usage_errors(func: F) -> F:
@@ -202,14 +194,6 @@ def plan(path: str, against: str | None, output: str) -> None:
         click.echo(json.dumps(_plan_json(report, against), indent=2))
     else:
         _print_plan(report, path, against, Console())
-
-
-config_option = click.option(
-    "--config",
-    "config_path",
-    metavar="FILE",
-    help="Configuration file (default: $RUNNER_CONFIG, or ./runner.yaml when it exists).",
-)
 
 
 @cli.group()

@@ -9,7 +9,6 @@ import os
 import sys
 import uuid
 from collections.abc import Mapping
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, cast
 
@@ -21,6 +20,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from runner.approvals import LocalDirectory, NotAllowed, decide
+from runner.cli_common import config_option, output_option, when
 from runner.errors import PermanentError, UsageError
 from runner.model import Approval, Run, RunRequest, RunStatus, Workflow
 from runner.revisions import content_revision, local_source
@@ -47,12 +47,6 @@ STYLE = {
 
 def actor() -> str:
     return os.environ.get("RUNNER_USER") or getpass.getuser()
-
-
-def _when(epoch: float | None) -> str:
-    if epoch is None:
-        return "-"
-    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 
 def _styled(status: str) -> str:
@@ -147,7 +141,7 @@ def _exit(run: Run) -> None:
     "--input", "inputs", multiple=True, metavar="KEY=VALUE", help="A run input (repeatable)."
 )
 @click.option("--workspace", metavar="DIR", help="Git repository the agents work on, at its HEAD.")
-@click.option("--config", "config_path", metavar="FILE", help="Configuration file.")
+@config_option
 def run(
     workflow: str,
     repo: str | None,
@@ -241,7 +235,7 @@ async def _run(
 @click.option("--step", metavar="STEP", help="Only this step's approval.")
 @click.option("--reject", is_flag=True, help="Reject instead of approving.")
 @click.option("--comment", default="", help="Why (recorded in the audit trail).")
-@click.option("--config", "config_path", metavar="FILE", help="Configuration file.")
+@config_option
 def approve(
     run_id: int, step: str | None, reject: bool, comment: str, config_path: str | None
 ) -> None:
@@ -300,11 +294,6 @@ async def _approve(
         return await _drive(rt, held, bundle.workflows[held.workflow], console, view)
 
 
-output_option = click.option(
-    "--output", "-o", type=click.Choice(["text", "json"]), default="text", show_default=True
-)
-
-
 def _run_json(run: Run) -> dict[str, Any]:
     return {
         "id": run.id,
@@ -326,7 +315,7 @@ def _run_json(run: Run) -> dict[str, Any]:
 @click.option("--status", "statuses", multiple=True, help="Only runs in this status (repeatable).")
 @click.option("--limit", default=30, show_default=True)
 @output_option
-@click.option("--config", "config_path", metavar="FILE", help="Configuration file.")
+@config_option
 def runs(
     workflow: str | None,
     statuses: tuple[str, ...],
@@ -354,7 +343,7 @@ def runs(
             str(r.id),
             r.workflow,
             _styled(r.status),
-            _when(r.created_at),
+            when(r.created_at),
             str(r.trigger.get("actor", "-")),
         )
     Console().print(table)
@@ -363,7 +352,7 @@ def runs(
 @click.command()
 @click.argument("run_id", type=int)
 @output_option
-@click.option("--config", "config_path", metavar="FILE", help="Configuration file.")
+@config_option
 def show(run_id: int, output: str, config_path: str | None) -> None:
     """Show a run: its steps, outputs and approvals."""
     settings = load_settings(config_path)
@@ -418,7 +407,7 @@ def show(run_id: int, output: str, config_path: str | None) -> None:
     )
     console.print(
         f"  revision {found.revision}; started by {found.trigger.get('actor', '-')}"
-        f" at {_when(found.created_at)}",
+        f" at {when(found.created_at)}",
         highlight=False,
     )
     table = Table()
@@ -431,7 +420,7 @@ def show(run_id: int, output: str, config_path: str | None) -> None:
         console.print(f"approval {a.id} for step {a.step_id}: {_styled(a.status)}", highlight=False)
         for d in decisions[a.id]:
             console.print(
-                f"  {d.decision} by {d.actor} via {d.via} at {_when(d.created_at)}"
+                f"  {d.decision} by {d.actor} via {d.via} at {when(d.created_at)}"
                 f" {escape(d.comment)}",
                 highlight=False,
             )
@@ -441,7 +430,7 @@ def show(run_id: int, output: str, config_path: str | None) -> None:
 @click.argument("run_id", type=int)
 @click.argument("step", required=False)
 @click.option("--follow", "-f", is_flag=True, help="Keep printing until the run finishes.")
-@click.option("--config", "config_path", metavar="FILE", help="Configuration file.")
+@config_option
 def logs(run_id: int, step: str | None, follow: bool, config_path: str | None) -> None:
     """Print the logs of a run's steps (or of one STEP)."""
     settings = load_settings(config_path)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
-from datetime import UTC, datetime
 from typing import Any
 
 import click
@@ -13,22 +12,12 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from runner.cli_common import config_option, output_option, when
 from runner.errors import PermanentError, TransientError, UsageError
 from runner.model import SourceStatus
 from runner.services import build_sources, runtime, serve
 from runner.settings import Settings, load_settings
 from runner.source.reconciler import Reconciler
-
-config_option = click.option("--config", "config_path", metavar="FILE", help="Configuration file.")
-output_option = click.option(
-    "--output", "-o", type=click.Choice(["text", "json"]), default="text", show_default=True
-)
-
-
-def _when(epoch: float | None) -> str:
-    return (
-        "-" if epoch is None else datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%d %H:%M:%S")
-    )
 
 
 @click.command("serve")
@@ -144,7 +133,7 @@ def sources_command(config_path: str | None, output: str) -> None:
             (s.attempted_revision or "-")[:12],
             ("[green]yes[/]" if ready.status else f"[red]no[/] ({ready.reason})") if ready else "-",
             escape(ready.message if ready else ""),
-            _when(s.last_fetch_at),
+            when(s.last_fetch_at),
         )
     console.print(table)
     for s in found:
