@@ -14,6 +14,7 @@ import hashlib
 import logging
 import os
 import re
+import shutil
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -186,6 +187,7 @@ class GitSource:
         if dest.exists():
             return dest
         partial = dest.with_name(dest.name + ".partial")
+        shutil.rmtree(partial, ignore_errors=True)  # what a crashed earlier attempt left
         tree = self._folder(sha)
         if tree is not None:
             self._export(tree, partial, only="agents")

@@ -19,6 +19,7 @@ from typing import Protocol
 
 from runner.errors import PermanentError, TransientError
 from runner.model import Bundle, Condition, SourceStatus
+from runner.revisions import BundleLoader
 from runner.spec.compile import FileCache, SourceFile, compile_files
 from runner.spec.repo import builtin_agents
 from runner.store.base import Store
@@ -180,8 +181,6 @@ class Reconciler:
         )
 
     async def _bundle(self, revision: str) -> Bundle | None:
-        from runner.revisions import BundleLoader
-
         loader = BundleLoader(
             self.store.revision_documents, builtin_agents(), lambda s, r: self.source.agents_root(r)
         )
