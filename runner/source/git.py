@@ -68,6 +68,7 @@ class GitSource:
         digest = hashlib.sha256(config.url.encode()).hexdigest()[:12]
         self.mirror_path = data_dir / "mirrors" / f"{config.name}-{digest}.git"
         self._repo: pygit2.Repository | None = None
+        self._last: tuple[str, pygit2.Tree, dict[str, str]] | None = None
 
     @property
     def repo(self) -> pygit2.Repository:
@@ -116,10 +117,26 @@ class GitSource:
             raise TransientError(f"fetching {redact(self.config.url)} failed: {exc}") from None
 
     def listing(self, sha: str) -> dict[str, str]:
-        """{path relative to the source's folder: blob id} of the documents at `sha`."""
+        """{path relative to the source's folder: blob id} of the documents at `sha`.
+
+        After the first, a listing is the previous one patched with a tree-to-tree diff, so a
+        one-file commit costs one entry, not a walk of the whole tree."""
         tree = self._folder(sha)
         if tree is None:
             return {}
+        if self._last is not None and self._last[0] != sha:
+            previous_tree, previous = self._last[1], self._last[2]
+            blobs = dict(previous)
+            for delta in previous_tree.diff_to_tree(tree).deltas:
+                blobs.pop(delta.old_file.path, None)
+                if delta.status_char() != "D":
+                    blobs[delta.new_file.path] = str(delta.new_file.id)
+        else:
+            blobs = self._walk_documents(tree)
+        self._last = (sha, tree, blobs)
+        return {rel: blobs[rel] for rel, _, _ in repo_layout(blobs)}
+
+    def _walk_documents(self, tree: pygit2.Tree) -> dict[str, str]:
         blobs: dict[str, str] = {}
         for top in ("workflows", "agents"):
             try:
@@ -129,7 +146,7 @@ class GitSource:
             sub = self.repo[entry.id]
             if isinstance(sub, pygit2.Tree):
                 self._walk(sub, f"{top}/", blobs)
-        return {rel: blobs[rel] for rel, _, _ in repo_layout(blobs)}
+        return blobs
 
     def _folder(self, sha: str) -> pygit2.Tree | None:
         tree = self.repo.revparse_single(sha).peel(pygit2.Commit).tree
