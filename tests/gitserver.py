@@ -3,10 +3,12 @@ source tests: pygit2 clones and fetches from it like from any forge."""
 
 from __future__ import annotations
 
+import base64
 import os
 import shutil
 import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -22,10 +24,20 @@ def _backend() -> str:
 class _Handler(BaseHTTPRequestHandler):
     root: Path
     down = False
+    hang = 0.0  # seconds to stall before answering (a hung remote)
+    auth: str | None = None  # the Authorization header every request must carry
 
     def _cgi(self) -> None:
+        if self.hang:
+            time.sleep(self.hang)
         if self.down:
             self.send_error(503, "down for the test")
+            return
+        if self.auth is not None and self.headers.get("Authorization") != self.auth:
+            self.send_response(401)
+            self.send_header("WWW-Authenticate", 'Basic realm="git"')
+            self.send_header("Content-Length", "0")
+            self.end_headers()
             return
         parts = urlsplit(self.path)
         length = int(self.headers.get("Content-Length") or 0)
@@ -72,7 +84,7 @@ class _Handler(BaseHTTPRequestHandler):
 class GitServer:
     def __init__(self, root: Path) -> None:
         self.root = root
-        handler = type("Handler", (_Handler,), {"root": root, "down": False})
+        handler = type("Handler", (_Handler,), {"root": root, "down": False, "hang": 0.0})
         self.handler = handler
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
@@ -83,6 +95,13 @@ class GitServer:
     def set_down(self, down: bool) -> None:
         self.handler.down = down
 
+    def set_hang(self, seconds: float) -> None:
+        self.handler.hang = seconds
+
+    def require_basic(self, user: str, password: str) -> None:
+        token = base64.b64encode(f"{user}:{password}".encode()).decode()
+        self.handler.auth = f"Basic {token}"
+
 
 @contextmanager
 def git_server(root: Path) -> Iterator[GitServer]:
@@ -91,5 +110,6 @@ def git_server(root: Path) -> Iterator[GitServer]:
     try:
         yield server
     finally:
+        server.set_hang(0)
         server.httpd.shutdown()
         shutil.rmtree(root / "tmp", ignore_errors=True)

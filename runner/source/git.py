@@ -10,11 +10,13 @@ file at fetch time and are never logged or stored.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import os
 import re
 import shutil
+import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,6 +58,32 @@ def _callbacks(config: GitSourceConfig) -> pygit2.RemoteCallbacks | None:
         key = creds["ssh_key_file"]
         return pygit2.RemoteCallbacks(credentials=pygit2.Keypair("git", None, key, ""))
     return None
+
+
+async def _in_daemon_thread(work: Callable[[], str]) -> str:
+    """Run blocking `work` in a daemon thread: a fetch that hangs past its deadline is left
+    behind without keeping the process from exiting (the default executor would wait for it)."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[str] = loop.create_future()
+
+    def deliver(result: str | None, error: BaseException | None) -> None:
+        if future.done():
+            return
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result or "")
+
+    def target() -> None:
+        try:
+            outcome: tuple[str | None, BaseException | None] = (work(), None)
+        except BaseException as exc:  # handed to the waiting coroutine
+            outcome = (None, exc)
+        with contextlib.suppress(RuntimeError):  # the loop may be gone by now
+            loop.call_soon_threadsafe(deliver, *outcome)
+
+    threading.Thread(target=target, name="git-fetch", daemon=True).start()
+    return await future
 
 
 class GitSource:
@@ -108,8 +136,10 @@ class GitSource:
     async def fetch(self, deadline: float = 60.0) -> str:
         """Fetch the branch; its head sha. Transient on network trouble or the deadline."""
         try:
-            return await asyncio.wait_for(asyncio.to_thread(self._fetch), timeout=deadline)
+            return await asyncio.wait_for(_in_daemon_thread(self._fetch), timeout=deadline)
         except TimeoutError:
+            self._repo = None  # the stuck thread keeps its own handle; never share it
+            self._last = None
             raise TransientError(
                 f"fetching {redact(self.config.url)} took longer than {deadline:g}s"
             ) from None

@@ -188,3 +188,37 @@ async def test_only_changed_files_are_parsed_again(
     repo.commit({"workflows/w7.yaml": NIGHTLY.format(name="w7", cron="0 6 * * *")})
     assert (await reconciler.reconcile()).applied
     assert read == ["workflows/w7.yaml"]
+
+
+async def test_token_credentials_come_from_the_environment_and_stay_secret(
+    tmp_path: Path, server: GitServer, store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    repo = Repo(tmp_path, server)
+    repo.commit({"workflows/a.yaml": NIGHTLY.format(name="a", cron="0 3 * * *")})
+    server.require_basic("x-access-token", "s3cret-token-42")
+    config = GitSourceConfig(name="main", url=repo.url, credentials={"token_env": "GIT_TOKEN"})
+    monkeypatch.setenv("GIT_TOKEN", "wrong")
+    refused = Reconciler(store, GitSource(config, tmp_path / "data"))
+    with pytest.raises(TransientError):
+        await refused.reconcile()
+    monkeypatch.setenv("GIT_TOKEN", "s3cret-token-42")
+    source = GitSource(config, tmp_path / "data")
+    assert (await Reconciler(store, source).reconcile()).applied
+    status = await store.get_source_status("main")
+    assert "s3cret-token-42" not in repr(status)
+    assert "s3cret-token-42" not in (source.mirror_path / "config").read_text()
+
+
+async def test_a_hung_remote_is_cut_off_at_the_deadline(
+    tmp_path: Path, server: GitServer, store: Store
+) -> None:
+    repo = Repo(tmp_path, server)
+    repo.commit({"workflows/a.yaml": NIGHTLY.format(name="a", cron="0 3 * * *")})
+    server.set_hang(4)  # longer than the deadline; short enough for the test to end soon
+    source = GitSource(GitSourceConfig(name="main", url=repo.url), tmp_path / "data")
+    reconciler = Reconciler(store, source, fetch_deadline=1.0)
+    with pytest.raises(TransientError, match="took longer than 1s"):
+        await reconciler.reconcile()
+    status = await store.get_source_status("main")
+    assert status is not None
+    assert {c.type: c.reason for c in status.conditions}["Ready"] == "FetchFailed"
