@@ -250,6 +250,8 @@ class _Execution:
                     return not done
         finally:
             cancel.cancel()
+            for task in running.values():  # when this run itself is cancelled (shutdown)
+                task.cancel()
 
     async def _ready(self, step: Step) -> bool:
         """Decide a step that has not started; True when it should start now."""
