@@ -60,6 +60,22 @@ class Tx(Protocol):
         """Run a migration file (several statements)."""
 
 
+def _where(*conditions: tuple[str, Any]) -> tuple[str, list[Any]]:
+    """A WHERE clause from (condition, value) pairs whose value is not None; a condition
+    ending in IN takes a list."""
+    clauses, params = ["1 = 1"], list[Any]()
+    for condition, value in conditions:
+        if value is None:
+            continue
+        if condition.endswith(" IN"):
+            clauses.append(f"{condition} ({', '.join('?' for _ in value)})")
+            params.extend(value)
+        else:
+            clauses.append(condition)
+            params.append(value)
+    return " AND ".join(clauses), params
+
+
 def _consume(task: asyncio.Future[Any]) -> None:
     """Retrieve the outcome of a transaction whose caller went away (cancelled)."""
     if not task.cancelled() and task.exception() is not None:
@@ -389,24 +405,15 @@ class SqlStore:
         group: str | None = None,
         limit: int = 50,
     ) -> list[Run]:
-        where, params = ["1 = 1"], list[Any]()
-        if group is not None:
-            where.append("concurrency_group = ?")
-            params.append(group)
-        if workflow is not None:
-            where.append("workflow = ?")
-            params.append(workflow)
-        if status:
-            where.append(f"status IN ({', '.join('?' for _ in status)})")
-            params.extend(status)
-        if since is not None:
-            where.append("created_at >= ?")
-            params.append(since)
-        if before_id is not None:
-            where.append("id < ?")
-            params.append(before_id)
+        where, params = _where(
+            ("concurrency_group = ?", group),
+            ("workflow = ?", workflow),
+            ("status IN", list(status) if status else None),
+            ("created_at >= ?", since),
+            ("id < ?", before_id),
+        )
         params.append(limit)
-        sql = f"SELECT {rows.RUN} FROM runs WHERE {' AND '.join(where)} ORDER BY id DESC LIMIT ?"
+        sql = f"SELECT {rows.RUN} FROM runs WHERE {where} ORDER BY id DESC LIMIT ?"
 
         async def body(tx: Tx) -> list[Run]:
             return [rows.run(r) for r in await tx.all(sql, params)]
@@ -674,14 +681,8 @@ class SqlStore:
     async def list_approvals(
         self, *, status: str | None = None, run_id: int | None = None
     ) -> list[Approval]:
-        where, params = ["1 = 1"], list[Any]()
-        if status is not None:
-            where.append("status = ?")
-            params.append(status)
-        if run_id is not None:
-            where.append("run_id = ?")
-            params.append(run_id)
-        sql = f"SELECT {rows.APPROVAL} FROM approvals WHERE {' AND '.join(where)} ORDER BY id"
+        where, params = _where(("status = ?", status), ("run_id = ?", run_id))
+        sql = f"SELECT {rows.APPROVAL} FROM approvals WHERE {where} ORDER BY id"
 
         async def body(tx: Tx) -> list[Approval]:
             return [rows.approval(r) for r in await tx.all(sql, params)]
