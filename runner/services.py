@@ -17,6 +17,7 @@ import uvicorn
 from runner.dag.engine import Engine, EngineOptions, Listener
 from runner.errors import UsageError
 from runner.executors.base import Executor, open_executor
+from runner.forges.base import verifier
 from runner.model import Bundle
 from runner.revisions import BundleLoader
 from runner.scheduler import Scheduler
@@ -28,6 +29,7 @@ from runner.spec.repo import builtin_agents
 from runner.spec.timing import parse_duration
 from runner.store.base import Store, open_store
 from runner.web.app import Check, create_app
+from runner.web.hooks import Hooks, Receiver
 from runner.worker import WorkerPool
 from runner.workspace import Workspaces
 
@@ -122,6 +124,31 @@ def build_sources(settings: Settings) -> list[Source]:
     return sources
 
 
+def secret_values(env_name: str | None, file_name: str | None) -> list[str]:
+    """Secrets named by an environment variable (comma-separated) or a file (one per line):
+    several at once while one is being rotated."""
+    raw = ""
+    if env_name:
+        raw = os.environ.get(env_name, "").replace(",", "\n")
+    elif file_name:
+        raw = Path(file_name).read_text(encoding="utf-8")
+    return [line.strip() for line in raw.splitlines() if line.strip()]
+
+
+def receivers(settings: Settings) -> dict[str, Receiver]:
+    out = {}
+    for forge in settings.forges:
+        name = str(forge["name"])
+        secrets = secret_values(forge.get("webhook_secret_env"), forge.get("webhook_secret_file"))
+        if not secrets:
+            raise UsageError(
+                f"forge {name!r} has no webhook secret: set webhook_secret_env (and that "
+                "variable) or webhook_secret_file"
+            )
+        out[name] = Receiver(name=name, verifier=verifier(str(forge["kind"])), secrets=secrets)
+    return out
+
+
 class _Server(uvicorn.Server):
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:  # the service handles signals itself
@@ -165,9 +192,15 @@ async def serve(settings: Settings, *, role: str, stop: asyncio.Event, grace: fl
         checks: dict[str, Check] = {"store": store_ready, "executor": executor_ready}
         if sources:
             checks["sources"] = sources_ready
+        hooks = Hooks(
+            rt.store,
+            receivers(settings),
+            generic_secrets=secret_values(settings.generic_webhook_secret_env, None),
+            max_body=settings.listen.max_body_bytes,
+        )
         server = _Server(
             uvicorn.Config(
-                create_app(checks),
+                create_app(checks, hooks=hooks),
                 host=settings.listen.host,
                 port=settings.listen.port,
                 log_level="warning",

@@ -40,6 +40,7 @@ class DatabaseSettings:
 class ListenSettings:
     host: str = "127.0.0.1"
     port: int = 8080
+    max_body_bytes: int = 5 * 1024 * 1024
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -1,4 +1,4 @@
-"""The HTTP service: health and readiness for now (webhooks, the API and the UI come later)."""
+"""The HTTP service: health, readiness and webhook receivers (the API and the UI come later)."""
 
 from __future__ import annotations
 
@@ -10,10 +10,14 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from runner.web.hooks import Hooks
+
 Check = Callable[[], Awaitable[tuple[bool, str]]]
 
 
-def create_app(checks: dict[str, Check], *, deadline: float = 2.0) -> Starlette:
+def create_app(
+    checks: dict[str, Check], *, hooks: Hooks | None = None, deadline: float = 2.0
+) -> Starlette:
     async def healthz(request: Request) -> JSONResponse:
         return JSONResponse({"status": "ok"})
 
@@ -30,4 +34,7 @@ def create_app(checks: dict[str, Check], *, deadline: float = 2.0) -> Starlette:
         ready = all(r["ok"] for r in results.values())
         return JSONResponse({"ready": ready, "checks": results}, status_code=200 if ready else 503)
 
-    return Starlette(routes=[Route("/healthz", healthz), Route("/readyz", readyz)])
+    routes = [Route("/healthz", healthz), Route("/readyz", readyz)]
+    if hooks is not None:
+        routes += hooks.routes()
+    return Starlette(routes=routes)
