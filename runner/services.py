@@ -197,6 +197,7 @@ async def serve(settings: Settings, *, role: str, stop: asyncio.Event, grace: fl
             receivers(settings),
             generic_secrets=secret_values(settings.generic_webhook_secret_env, None),
             max_body=settings.listen.max_body_bytes,
+            on_stored=workers.nudge,  # a generic hook's run starts without waiting for a poll
         )
         server = _Server(
             uvicorn.Config(

@@ -9,6 +9,7 @@ matching and forge API calls happen later, from the stored events.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -18,6 +19,10 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from runner.forges.base import Verifier, verifier
+from runner.model import Event, RunRequest, Workflow
+from runner.revisions import BundleLoader
+from runner.spec.inputs import InputsInvalid, resolve_inputs
+from runner.spec.repo import builtin_agents
 from runner.store.base import Store
 
 log = logging.getLogger(__name__)
@@ -80,6 +85,7 @@ class Hooks:
         on_stored: Callable[[], None] | None = None,
     ) -> None:
         self.store = store
+        self.loader = BundleLoader(store.revision_documents, builtin_agents())
         self.receivers = dict(receivers)
         self.generic = Receiver(
             name="generic", verifier=verifier("generic"), secrets=generic_secrets
@@ -107,6 +113,54 @@ class Hooks:
                 404, "generic_disabled", "generic webhooks need generic_webhook_secret_env"
             )
         return await self._receive(request, self.generic, request.path_params["workflow"])
+
+    async def _generic_run(
+        self, workflow: str, event: Event, body: bytes, *, duplicate: bool
+    ) -> JSONResponse:
+        """The body is the run's inputs: checked against the workflow's schema (422), then the
+        run is requested, once per delivery."""
+        found = await self._webhook_workflow(workflow)
+        if found is None:
+            return error(
+                404, "unknown_workflow", f"no applied workflow {workflow!r} has a webhook trigger"
+            )
+        source, revision, spec = found
+        try:
+            given = json.loads(body or b"{}")
+            if not isinstance(given, dict):
+                raise InputsInvalid(["the body must be a JSON object of run inputs"])
+            inputs = resolve_inputs(spec.inputs, given)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            return error(400, "bad_body", "the body is not JSON")
+        except InputsInvalid as exc:
+            return error(422, "invalid_inputs", str(exc))
+        run, _ = await self.store.request_run(
+            RunRequest(
+                workflow=workflow,
+                source=source,
+                revision=revision,
+                idempotency_key=f"generic:{workflow}:{event.delivery_id}",
+                trigger={"event": "webhook", "actor": "webhook", "delivery": event.delivery_id},
+                inputs=inputs,
+            )
+        )
+        if duplicate:
+            return JSONResponse({"status": "duplicate", "event": event.id, "run": run.id})
+        if self.on_stored is not None:
+            self.on_stored()
+        return JSONResponse(
+            {"status": "accepted", "event": event.id, "run": run.id}, status_code=202
+        )
+
+    async def _webhook_workflow(self, name: str) -> tuple[str, str, Workflow] | None:
+        for status in await self.store.list_source_statuses():
+            if not status.applied_revision:
+                continue
+            bundle = await self.loader.bundle(status.name, status.applied_revision)
+            spec = bundle.workflows.get(name)
+            if spec is not None and any(t.kind == "webhook" for t in spec.triggers):
+                return status.name, status.applied_revision, spec
+        return None
 
     async def _receive(self, request: Request, receiver: Receiver, name: str) -> JSONResponse:
         try:
@@ -142,6 +196,8 @@ class Hooks:
             headers=_stored_headers(headers),
             body=body,
         )
+        if receiver.verifier.kind == "generic":  # a redelivery finds the same run
+            return await self._generic_run(name, event, body, duplicate=not new)
         if not new:
             return JSONResponse({"status": "duplicate", "event": event.id}, status_code=200)
         if self.on_stored is not None:

@@ -160,7 +160,7 @@ def test_ping_is_answered(service: tuple[str, Path]) -> None:
     assert answer.json() == {"status": "pong"}
 
 
-def test_gitlab_token_gitea_signature_and_generic_hmac(service: tuple[str, Path]) -> None:
+def test_gitlab_token_and_gitea_signature(service: tuple[str, Path]) -> None:
     base, home = service
     body = json.dumps({"object_kind": "note", "object_attributes": {"note": "/approve"}}).encode()
     gitlab = {"X-Gitlab-Event": "Note Hook", "X-Gitlab-Event-UUID": "gl-uuid-1"}
@@ -178,19 +178,66 @@ def test_gitlab_token_gitea_signature_and_generic_hmac(service: tuple[str, Path]
         "X-Gitea-Signature": gitea_sig,
     }
     assert post(base, "/hooks/gitea", body, gitea).status_code == 202
-    generic_sig = (
-        "sha256=" + hmac.new(b"generic-s3cret", b'{"service": "api"}', hashlib.sha256).hexdigest()
-    )
-    answer = post(
-        base,
-        "/hooks/generic/deploy-check",
-        b'{"service": "api"}',
-        {"X-Runner-Signature": generic_sig},
-    )
-    assert answer.status_code == 202
     stored = {(e.forge, e.event_type): e for e in events(home)}
     assert "x-gitlab-token" not in stored[("gitlab", "Note Hook")].headers  # the secret is not kept
     assert ("gitea", "issue_comment") in stored
-    assert ("generic", "generic:deploy-check") in stored
     unknown = post(base, "/hooks/bitbucket", body, {})
     assert (unknown.status_code, unknown.json()["error"]["code"]) == (404, "unknown_forge")
+
+
+def apply_example(home: Path) -> None:
+    async def apply() -> None:
+        from runner.revisions import content_revision
+        from runner.spec.compile import compile_files
+        from runner.spec.repo import builtin_agents, repo_files
+
+        example = Path(__file__).parents[2] / "workflows-repo-example"
+        result = compile_files(repo_files(example, ""), builtins=builtin_agents())
+        store = open_store(f"sqlite:///{home}/runner.db")
+        await store.open()
+        try:
+            await store.apply_revision("main", content_revision(result.documents), result.documents)
+        finally:
+            await store.close()
+
+    asyncio.run(apply())
+
+
+def test_generic_hook_starts_a_run_with_validated_inputs(service: tuple[str, Path]) -> None:
+    base, home = service
+    apply_example(home)
+
+    def send(workflow: str, body: bytes, delivery: str) -> httpx.Response:
+        signature = "sha256=" + hmac.new(b"generic-s3cret", body, hashlib.sha256).hexdigest()
+        headers = {"X-Runner-Signature": signature, "X-Runner-Delivery": delivery}
+        return post(base, f"/hooks/generic/{workflow}", body, headers)
+
+    good = send("deploy-check", b'{"service": "api", "version": "1.2.3"}', "deploy-1")
+    assert good.status_code == 202, good.text
+    again = send("deploy-check", b'{"service": "api", "version": "1.2.3"}', "deploy-1")
+    assert (again.status_code, again.json()["run"]) == (200, good.json()["run"])
+    bad = send("deploy-check", b'{"service": "api"}', "deploy-2")
+    assert bad.status_code == 422
+    assert "missing required property 'version'" in bad.json()["error"]["message"]
+    other = send("pr-security-review", b"{}", "deploy-3")
+    assert (other.status_code, other.json()["error"]["code"]) == (404, "unknown_workflow")
+
+    async def run_inputs() -> dict[str, object]:
+        store = open_store(f"sqlite:///{home}/runner.db")
+        await store.open()
+        try:
+            run = await store.get_run(int(good.json()["run"]))
+            assert run is not None
+            return {
+                "workflow": run.workflow,
+                "inputs": dict(run.inputs),
+                "event": run.trigger["event"],
+            }
+        finally:
+            await store.close()
+
+    assert asyncio.run(run_inputs()) == {
+        "workflow": "deploy-check",
+        "inputs": {"service": "api", "version": "1.2.3"},
+        "event": "webhook",
+    }
