@@ -15,6 +15,7 @@ from pathlib import Path
 import uvicorn
 
 from runner.dag.engine import Engine, EngineOptions, Listener
+from runner.dispatch import Dispatcher
 from runner.errors import UsageError
 from runner.executors.base import Executor, open_executor
 from runner.forges.base import verifier
@@ -174,6 +175,18 @@ async def serve(settings: Settings, *, role: str, stop: asyncio.Event, grace: fl
             workers.nudge()
 
         reconcilers = [Reconciler(rt.store, source, sync=sync) for source in sources]
+        by_source = {r.source.name: r for r in reconcilers}
+        dispatcher = Dispatcher(
+            rt.store,
+            rt.engine.loader,
+            kinds={str(f["name"]): str(f["kind"]) for f in settings.forges},
+            sources={
+                str(s["name"]): (str(s["url"]), str(s.get("branch", "main")))
+                for s in settings.sources
+            },
+            nudge_source=lambda name: by_source[name].nudge() if name in by_source else None,
+            nudge_workers=workers.nudge,
+        )
 
         async def store_ready() -> tuple[bool, str]:
             pending = await rt.store.pending_migrations()
@@ -192,12 +205,17 @@ async def serve(settings: Settings, *, role: str, stop: asyncio.Event, grace: fl
         checks: dict[str, Check] = {"store": store_ready, "executor": executor_ready}
         if sources:
             checks["sources"] = sources_ready
+
+        def stored() -> None:  # a delivery was stored: process it, and start its runs, now
+            dispatcher.wake.set()
+            workers.nudge()
+
         hooks = Hooks(
             rt.store,
             receivers(settings),
             generic_secrets=secret_values(settings.generic_webhook_secret_env, None),
             max_body=settings.listen.max_body_bytes,
-            on_stored=workers.nudge,  # a generic hook's run starts without waiting for a poll
+            on_stored=stored,
         )
         server = _Server(
             uvicorn.Config(
@@ -214,6 +232,7 @@ async def serve(settings: Settings, *, role: str, stop: asyncio.Event, grace: fl
                 for reconciler in reconcilers:
                     group.create_task(reconciler.run_forever(stop))
                 group.create_task(workers.run_forever(stop, grace=grace))
+                group.create_task(dispatcher.run_forever(stop, rt.node))
             if role in ("all", "web"):
                 group.create_task(server.serve())
 

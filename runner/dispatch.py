@@ -1,0 +1,123 @@
+"""From stored forge events to work: runs of the workflows whose triggers match, and a nudge
+to the reconciler when the push is to the workflows repo's branch.
+
+Runs after the delivery was answered, from the store, so a crash between the two loses
+nothing: an event stays pending until it is handled (its lease lets another node take it
+over). A run is requested once per workflow per delivery (the idempotency key).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+from collections.abc import Callable, Mapping
+
+from runner.forges.events import ForgeEvent, parse
+from runner.model import Event, RunRequest
+from runner.revisions import BundleLoader
+from runner.store.base import Store
+from runner.triggers import matches
+
+log = logging.getLogger(__name__)
+
+
+def same_repository(url: str, event: ForgeEvent) -> bool:
+    """Whether a source URL names the repository an event comes from."""
+
+    def norm(text: str) -> str:
+        text = re.sub(r"^[a-z+]+://([^@/]*@)?", "", text.strip().lower())
+        text = re.sub(r"^[^@/]+@([^:]+):", r"\1/", text)  # scp-like git@host:owner/repo
+        return text.removesuffix("/").removesuffix(".git")
+
+    target = norm(url)
+    return target == norm(event.clone_url) or (
+        bool(event.repository) and target.endswith("/" + event.repository.lower())
+    )
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        store: Store,
+        loader: BundleLoader,
+        *,
+        kinds: Mapping[str, str],
+        sources: Mapping[str, tuple[str, str]],
+        nudge_source: Callable[[str], None] = lambda name: None,
+        nudge_workers: Callable[[], None] = lambda: None,
+    ) -> None:
+        self.store = store
+        self.loader = loader
+        self.kinds = dict(kinds)  # forge name -> github | gitlab | gitea
+        self.sources = dict(sources)  # source name -> (url, branch)
+        self.nudge_source = nudge_source
+        self.nudge_workers = nudge_workers
+        self.wake = asyncio.Event()
+
+    async def handle(self, event: Event) -> list[int]:
+        """Act on one stored event; the ids of the runs it requested."""
+        kind = self.kinds.get(event.forge)
+        if kind is None:
+            return []  # generic deliveries request their run when they are received
+        try:
+            body = json.loads(event.body)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            return []
+        forge_event = (
+            parse(kind, event.forge, event.event_type, body) if isinstance(body, dict) else None
+        )
+        if forge_event is None:
+            return []
+        for name, (url, branch) in self.sources.items():
+            if (
+                forge_event.kind == "push"
+                and forge_event.branch == branch
+                and same_repository(url, forge_event)
+            ):
+                log.info("push to the workflows repo %s: reconciling now", name)
+                self.nudge_source(name)
+        runs = []
+        for status in await self.store.list_source_statuses():
+            if not status.applied_revision:
+                continue
+            bundle = await self.loader.bundle(status.name, status.applied_revision)
+            for workflow in bundle.workflows.values():
+                if not matches(workflow, forge_event):
+                    continue
+                run, _ = await self.store.request_run(
+                    RunRequest(
+                        workflow=workflow.name,
+                        source=status.name,
+                        revision=status.applied_revision,
+                        idempotency_key=f"{event.forge}:{event.delivery_id}:{status.name}:{workflow.name}",
+                        trigger=forge_event.trigger(event.event_type),
+                        concurrency_group=None,
+                    )
+                )
+                runs.append(run.id)
+        if runs:
+            self.nudge_workers()
+        return runs
+
+    async def run_forever(self, stop: asyncio.Event, node: str, *, poll: float = 2.0) -> None:
+        while not stop.is_set():
+            self.wake.clear()
+            try:
+                for event in await self.store.claim_events(node, 60.0, 20):
+                    try:
+                        await self.handle(event)
+                    except Exception as exc:  # one bad event never stops the others
+                        log.warning(
+                            "event %d (%s %s): %s", event.id, event.forge, event.event_type, exc
+                        )
+                        await self.store.finish_event(event.id, error=str(exc))
+                    else:
+                        await self.store.finish_event(event.id)
+            except Exception as exc:
+                log.warning("event loop: %s", exc)
+            waits = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(self.wake.wait())]
+            await asyncio.wait(waits, timeout=poll, return_when="FIRST_COMPLETED")
+            for waiter in waits:
+                waiter.cancel()

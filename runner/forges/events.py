@@ -1,0 +1,155 @@
+"""Forge payloads, normalised: the push or pull request an event is, whatever forge sent it.
+
+Only what trigger matching and the run's `trigger` need is kept. A payload this module does not
+understand is None (the event is recorded as handled, with nothing to do).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+ZERO = "0" * 40
+# the forges' words for pull request activity, in GitHub's terms (the workflow's `types`)
+_ACTIONS = {
+    "open": "opened",
+    "reopen": "reopened",
+    "update": "synchronize",
+    "synchronized": "synchronize",
+    "close": "closed",
+    "merge": "closed",
+}
+
+
+@dataclass(frozen=True, kw_only=True)
+class ForgeEvent:
+    kind: Literal["push", "pull_request"]
+    forge: str
+    repository: str
+    clone_url: str
+    sha: str
+    actor: str
+    ref: str = ""
+    branch: str | None = None
+    tag: str | None = None
+    changed_files: tuple[str, ...] | None = None  # None: not known (path filters then match)
+    action: str | None = None
+    number: int | None = None
+    base_branch: str | None = None
+    author: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def trigger(self, event_type: str) -> dict[str, Any]:
+        """The run's `trigger` (what expressions and agents see)."""
+        info: dict[str, Any] = {
+            "event": self.kind,
+            "forge": self.forge,
+            "repository": self.repository,
+            "ref": self.ref,
+            "sha": self.sha,
+            "actor": self.actor,
+            "clone_url": self.clone_url,
+        }
+        if self.changed_files is not None:
+            info["changed_files"] = list(self.changed_files)
+        if self.kind == "pull_request":
+            info["pull_request"] = {
+                "number": self.number,
+                "action": self.action,
+                "base": self.base_branch,
+                "author": self.author,
+            }
+        return info
+
+
+def _ref_parts(ref: str) -> tuple[str | None, str | None]:
+    if ref.startswith("refs/heads/"):
+        return ref.removeprefix("refs/heads/"), None
+    if ref.startswith("refs/tags/"):
+        return None, ref.removeprefix("refs/tags/")
+    return None, None
+
+
+def _changed(commits: list[dict[str, Any]] | None) -> tuple[str, ...] | None:
+    if not commits:
+        return None
+    files: set[str] = set()
+    for commit in commits:
+        for key in ("added", "modified", "removed"):
+            files.update(commit.get(key) or [])
+    return tuple(sorted(files))
+
+
+def _push(
+    forge: str, body: dict[str, Any], repository: str, clone_url: str, actor: str
+) -> ForgeEvent | None:
+    after = str(body.get("after") or body.get("checkout_sha") or "")
+    if not after or after == ZERO:
+        return None  # a deleted branch or tag runs nothing
+    branch, tag = _ref_parts(str(body.get("ref", "")))
+    return ForgeEvent(
+        kind="push",
+        forge=forge,
+        repository=repository,
+        clone_url=clone_url,
+        sha=after,
+        actor=actor,
+        ref=str(body.get("ref", "")),
+        branch=branch,
+        tag=tag,
+        changed_files=_changed(body.get("commits")),
+    )
+
+
+def parse(kind: str, name: str, event_type: str, body: dict[str, Any]) -> ForgeEvent | None:
+    """A push or pull request event from a GitHub, GitLab or Gitea payload, or None."""
+    if kind in ("github", "gitea"):
+        repo = body.get("repository") or {}
+        sender = (body.get("sender") or {}).get("login") or (body.get("pusher") or {}).get(
+            "name", ""
+        )
+        full, url = str(repo.get("full_name", "")), str(repo.get("clone_url", ""))
+        if event_type == "push":
+            return _push(name, body, full, url, str(sender))
+        if event_type == "pull_request":
+            pr = body.get("pull_request") or {}
+            action = str(body.get("action", ""))
+            return ForgeEvent(
+                kind="pull_request",
+                forge=name,
+                repository=full,
+                clone_url=url,
+                sha=str((pr.get("head") or {}).get("sha", "")),
+                actor=str(sender),
+                ref=f"refs/pull/{body.get('number')}/head",
+                action=_ACTIONS.get(action, action),
+                number=int(body.get("number") or pr.get("number") or 0),
+                base_branch=str((pr.get("base") or {}).get("ref", "")),
+                author=str((pr.get("user") or {}).get("login", "")),
+            )
+        return None
+    if kind == "gitlab":
+        project = body.get("project") or {}
+        full, url = (
+            str(project.get("path_with_namespace", "")),
+            str(project.get("git_http_url", "")),
+        )
+        if event_type in ("Push Hook", "Tag Push Hook"):
+            return _push(name, body, full, url, str(body.get("user_username", "")))
+        if event_type == "Merge Request Hook":
+            attrs = body.get("object_attributes") or {}
+            action = str(attrs.get("action", ""))
+            return ForgeEvent(
+                kind="pull_request",
+                forge=name,
+                repository=full,
+                clone_url=url,
+                sha=str((attrs.get("last_commit") or {}).get("id", "")),
+                actor=str((body.get("user") or {}).get("username", "")),
+                ref=f"refs/merge-requests/{attrs.get('iid')}/head",
+                action=_ACTIONS.get(action, action),
+                number=int(attrs.get("iid") or 0),
+                base_branch=str(attrs.get("target_branch", "")),
+                author=str((body.get("user") or {}).get("username", "")),
+            )
+    return None
