@@ -196,3 +196,41 @@ async def test_events_become_one_run_per_workflow_per_delivery(store: Store) -> 
     )
     assert await dispatcher.handle(pushed) == []  # pr-security-review listens on main, not master
     assert nudged == ["main"]  # but it is the workflows repo's branch: reconcile now
+
+
+def test_only_new_human_comments_on_pull_requests_are_commands() -> None:
+    examples = github_examples("issue_comment")
+    assert all(
+        parse("github", "github", "issue_comment", e) is None for e in examples
+    )  # plain issues
+    on_pr = json.loads(json.dumps(next(e for e in examples if e["action"] == "created")))
+    on_pr["issue"]["pull_request"] = {"url": "https://api.github.com/repos/o/r/pulls/1"}
+    on_pr["comment"]["body"] = "/approve"
+    event = parse("github", "github", "issue_comment", on_pr)
+    assert event is not None
+    assert (event.kind, event.comment, event.number) == (
+        "comment",
+        "/approve",
+        on_pr["issue"]["number"],
+    )
+    edited = {**on_pr, "action": "edited"}
+    assert parse("github", "github", "issue_comment", edited) is None
+    bot = json.loads(json.dumps(on_pr))
+    bot["comment"]["user"]["type"] = "Bot"
+    assert parse("github", "github", "issue_comment", bot) is None
+    note = {
+        "object_attributes": {
+            "noteable_type": "MergeRequest",
+            "note": "/retry",
+            "created_at": "t",
+            "updated_at": "t",
+        },
+        "merge_request": {"iid": 5, "last_commit": {"id": "abc"}},
+        "user": {"username": "dana"},
+        "project": {"path_with_namespace": "acme/app", "git_http_url": "https://gl/acme/app.git"},
+    }
+    gitlab = parse("gitlab", "gitlab", "Note Hook", note)
+    assert gitlab is not None
+    assert (gitlab.comment, gitlab.number, gitlab.sha, gitlab.actor) == ("/retry", 5, "abc", "dana")
+    note["object_attributes"]["updated_at"] = "later"
+    assert parse("gitlab", "gitlab", "Note Hook", note) is None

@@ -23,7 +23,7 @@ _ACTIONS = {
 
 @dataclass(frozen=True, kw_only=True)
 class ForgeEvent:
-    kind: Literal["push", "pull_request"]
+    kind: Literal["push", "pull_request", "comment"]
     forge: str
     repository: str
     clone_url: str
@@ -37,6 +37,8 @@ class ForgeEvent:
     number: int | None = None
     base_branch: str | None = None
     author: str | None = None
+    comment: str | None = None  # the text of a new pull-request comment
+    comment_url: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def trigger(self, event_type: str) -> dict[str, Any]:
@@ -101,14 +103,61 @@ def _push(
     )
 
 
+def _github_comment(name: str, body: dict[str, Any], full: str, url: str) -> ForgeEvent | None:
+    """A new comment on a pull request (GitHub `issue_comment`, Gitea `issue_comment` with
+    `is_pull`); edits, deletions, bots and comments on plain issues are not commands."""
+    issue = body.get("issue") or {}
+    comment = body.get("comment") or {}
+    on_pull = bool(issue.get("pull_request")) or bool(body.get("is_pull"))
+    commenter = comment.get("user") or body.get("sender") or {}
+    if body.get("action") != "created" or not on_pull or commenter.get("type") == "Bot":
+        return None
+    return ForgeEvent(
+        kind="comment",
+        forge=name,
+        repository=full,
+        clone_url=url,
+        sha="",  # the head of the pull request is asked of the forge when it matters
+        actor=str(commenter.get("login", "")),
+        number=int(issue.get("number") or 0),
+        author=str((issue.get("user") or {}).get("login", "")),
+        comment=str(comment.get("body", "")),
+        comment_url=str(comment.get("html_url", "")),
+    )
+
+
+def _gitlab_note(name: str, body: dict[str, Any], full: str, url: str) -> ForgeEvent | None:
+    attrs = body.get("object_attributes") or {}
+    mr = body.get("merge_request") or {}
+    user = body.get("user") or {}
+    # GitLab sends no action for notes: an edited note has an update time after its creation
+    edited = attrs.get("updated_at") not in (None, attrs.get("created_at"))
+    if attrs.get("noteable_type") != "MergeRequest" or not mr or edited or user.get("bot"):
+        return None
+    return ForgeEvent(
+        kind="comment",
+        forge=name,
+        repository=full,
+        clone_url=url,
+        sha=str((mr.get("last_commit") or {}).get("id", "")),
+        actor=str(user.get("username", "")),
+        number=int(mr.get("iid") or 0),
+        author=str(mr.get("author_id", "")),
+        comment=str(attrs.get("note", "")),
+        comment_url=str(attrs.get("url", "")),
+    )
+
+
 def parse(kind: str, name: str, event_type: str, body: dict[str, Any]) -> ForgeEvent | None:
-    """A push or pull request event from a GitHub, GitLab or Gitea payload, or None."""
+    """A push, pull request or pull-request comment from a GitHub, GitLab or Gitea payload."""
     if kind in ("github", "gitea"):
         repo = body.get("repository") or {}
         sender = (body.get("sender") or {}).get("login") or (body.get("pusher") or {}).get(
             "name", ""
         )
         full, url = str(repo.get("full_name", "")), str(repo.get("clone_url", ""))
+        if event_type == "issue_comment":
+            return _github_comment(name, body, full, url)
         if event_type == "push":
             return _push(name, body, full, url, str(sender))
         if event_type == "pull_request":
@@ -134,6 +183,8 @@ def parse(kind: str, name: str, event_type: str, body: dict[str, Any]) -> ForgeE
             str(project.get("path_with_namespace", "")),
             str(project.get("git_http_url", "")),
         )
+        if event_type == "Note Hook":
+            return _gitlab_note(name, body, full, url)
         if event_type in ("Push Hook", "Tag Push Hook"):
             return _push(name, body, full, url, str(body.get("user_username", "")))
         if event_type == "Merge Request Hook":
