@@ -14,6 +14,7 @@ import logging
 import re
 from collections.abc import Callable, Mapping
 
+from runner.comments import CommentHandler
 from runner.forges.events import ForgeEvent, parse
 from runner.model import Event, RunRequest
 from runner.revisions import BundleLoader
@@ -47,7 +48,9 @@ class Dispatcher:
         sources: Mapping[str, tuple[str, str]],
         nudge_source: Callable[[str], None] = lambda name: None,
         nudge_workers: Callable[[], None] = lambda: None,
+        comments: CommentHandler | None = None,
     ) -> None:
+        self.comments = comments
         self.store = store
         self.loader = loader
         self.kinds = dict(kinds)  # forge name -> github | gitlab | gitea
@@ -69,6 +72,11 @@ class Dispatcher:
             parse(kind, event.forge, event.event_type, body) if isinstance(body, dict) else None
         )
         if forge_event is None:
+            return []
+        if forge_event.kind == "comment":
+            if self.comments is not None:
+                await self.comments.handle(forge_event)
+                self.nudge_workers()  # an approval may have put a run back to work
             return []
         for name, (url, branch) in self.sources.items():
             if (

@@ -14,11 +14,13 @@ from pathlib import Path
 
 import uvicorn
 
+from runner.comments import CommentHandler
 from runner.dag.engine import Engine, EngineOptions, Listener
 from runner.dispatch import Dispatcher
 from runner.errors import UsageError
 from runner.executors.base import Executor, open_executor
 from runner.forges.base import verifier
+from runner.forges.github import GitHubClient
 from runner.model import Bundle
 from runner.revisions import BundleLoader
 from runner.scheduler import Scheduler
@@ -136,6 +138,19 @@ def secret_values(env_name: str | None, file_name: str | None) -> list[str]:
     return [line.strip() for line in raw.splitlines() if line.strip()]
 
 
+def github_clients(settings: Settings) -> dict[str, GitHubClient]:
+    """API clients of the GitHub forges that have a token (needed to act on PR comments)."""
+    clients = {}
+    for forge in settings.forges:
+        if forge.get("kind") != "github":
+            continue
+        token = secret_values(forge.get("token_env"), forge.get("token_file"))
+        if token:
+            api = str(forge.get("api_url", "https://api.github.com"))
+            clients[str(forge["name"])] = GitHubClient(api, token[0])
+    return clients
+
+
 def receivers(settings: Settings) -> dict[str, Receiver]:
     out = {}
     for forge in settings.forges:
@@ -186,6 +201,7 @@ async def serve(settings: Settings, *, role: str, stop: asyncio.Event, grace: fl
             },
             nudge_source=lambda name: by_source[name].nudge() if name in by_source else None,
             nudge_workers=workers.nudge,
+            comments=CommentHandler(rt.store, rt.engine.loader, github_clients(settings)),
         )
 
         async def store_ready() -> tuple[bool, str]:

@@ -1,0 +1,169 @@
+"""Pull-request comment commands, acted on: `/approve` and `/reject` go through the engine's one
+policy function with the commenter's identity as the forge knows it (teams, write access) and
+the pull request's current head; `/retry`, `/cancel` and `/run` need write access. Every
+command is answered on the pull request."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Mapping
+from typing import Literal
+
+from runner.approvals import NotAllowed, decide
+from runner.dag import control
+from runner.errors import PermanentError
+from runner.forges.commands import HELP, Command, parse_comment
+from runner.forges.events import ForgeEvent
+from runner.forges.github import GitHubClient
+from runner.model import Run, RunRequest
+from runner.revisions import BundleLoader
+from runner.spec.inputs import InputsInvalid, resolve_inputs
+from runner.store.base import Store
+
+log = logging.getLogger(__name__)
+
+
+def _pr_runs(runs: list[Run], event: ForgeEvent) -> list[Run]:
+    return [
+        r
+        for r in runs
+        if r.trigger.get("repository") == event.repository
+        and (r.trigger.get("pull_request") or {}).get("number") == event.number
+    ]
+
+
+class CommentHandler:
+    def __init__(
+        self, store: Store, loader: BundleLoader, clients: Mapping[str, GitHubClient]
+    ) -> None:
+        self.store = store
+        self.loader = loader
+        self.clients = dict(clients)
+
+    async def handle(self, event: ForgeEvent) -> list[str]:
+        """Act on the commands of a new pull-request comment; the reply posted (as lines)."""
+        commands, errors = parse_comment(event.comment or "")
+        if not commands and not errors:
+            return []
+        client = self.clients.get(event.forge)
+        if client is None:
+            log.warning(
+                "comment on %s#%s: forge %s has no API token, commands ignored",
+                event.repository,
+                event.number,
+                event.forge,
+            )
+            return []
+        head, _author = await client.pull_head(event.repository, event.number or 0)
+        runs = _pr_runs(await self.store.list_runs(limit=1000), event)
+        replies = [f"@{event.actor}: {e}" for e in errors]
+        for command in commands:
+            replies += await self._one(command, event, client, head, runs)
+        if replies:
+            await client.comment(event.repository, event.number or 0, "\n".join(replies))
+        return replies
+
+    async def _one(
+        self, command: Command, event: ForgeEvent, client: GitHubClient, head: str, runs: list[Run]
+    ) -> list[str]:
+        if command.verb == "help":
+            return [HELP]
+        targets = [r for r in runs if command.run is None or r.id == command.run]
+        if command.verb in ("approve", "reject"):
+            return await self._decide(command, event, client, head, targets)
+        who = await client.identity(event.repository, event.actor, [])
+        if not who.can_write:
+            return [f"@{event.actor}: /{command.verb} needs write access to {event.repository}"]
+        if command.verb == "run":
+            return [await self._run(command, event, head)]
+        replies = []
+        for run in targets:
+            try:
+                if command.verb == "cancel":
+                    await control.cancel(
+                        self.store,
+                        run.id,
+                        reason=f"cancelled by @{event.actor} ({event.comment_url})",
+                    )
+                else:
+                    await control.retry(self.store, run.id)
+                replies.append(f"run {run.id}: {command.verb} done (@{event.actor})")
+            except PermanentError as exc:
+                replies.append(f"run {run.id}: {exc}")
+        return replies or [f"@{event.actor}: no run of this pull request matches /{command.verb}"]
+
+    async def _decide(
+        self,
+        command: Command,
+        event: ForgeEvent,
+        client: GitHubClient,
+        head: str,
+        targets: list[Run],
+    ) -> list[str]:
+        decision: Literal["approve", "reject"] = (
+            "approve" if command.verb == "approve" else "reject"
+        )
+        replies = []
+        for run in targets:
+            for gate in await self.store.list_approvals(run_id=run.id, status="pending"):
+                if command.step is not None and gate.step_id != command.step:
+                    continue
+                teams = [a[1:] for a in gate.policy.approvers if a.startswith("@")]
+                who = await client.identity(event.repository, event.actor, teams)
+                try:
+                    outcome = await decide(
+                        self.store,
+                        gate.id,
+                        who=who,
+                        decision=decision,
+                        via="comment",
+                        comment=command.reason or command.line,
+                        url=event.comment_url,
+                        sha=head,
+                    )
+                except NotAllowed as exc:
+                    replies.append(
+                        f"@{event.actor}: not counted for run {run.id} step `{gate.step_id}`: {exc}"
+                    )
+                    continue
+                replies.append(
+                    f"run {run.id} step `{gate.step_id}`: {outcome.message} (@{event.actor})"
+                )
+        return replies or [f"@{event.actor}: nothing of this pull request waits for approval"]
+
+    async def _run(self, command: Command, event: ForgeEvent, head: str) -> str:
+        for status in await self.store.list_source_statuses():
+            if not status.applied_revision:
+                continue
+            bundle = await self.loader.bundle(status.name, status.applied_revision)
+            workflow = bundle.workflows.get(command.workflow or "")
+            if workflow is None or not any(t.kind == "pull_request" for t in workflow.triggers):
+                continue
+            try:
+                inputs = resolve_inputs(workflow.inputs, dict(command.inputs))
+            except InputsInvalid as exc:
+                return f"@{event.actor}: {exc}"
+            trigger = {
+                "event": "pull_request",
+                "forge": event.forge,
+                "repository": event.repository,
+                "sha": head,
+                "actor": event.actor,
+                "clone_url": event.clone_url,
+                "pull_request": {"number": event.number, "action": "comment"},
+            }
+            run, _ = await self.store.request_run(
+                RunRequest(
+                    workflow=workflow.name,
+                    source=status.name,
+                    revision=status.applied_revision,
+                    idempotency_key=f"comment:{event.comment_url or uuid.uuid4()}:{workflow.name}",
+                    trigger=trigger,
+                    inputs=inputs,
+                )
+            )
+            return f"run {run.id} of `{workflow.name}` requested for {head[:12]} (@{event.actor})"
+        return (
+            f"@{event.actor}: no applied workflow {command.workflow!r} has a pull_request trigger"
+        )

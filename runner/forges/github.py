@@ -1,0 +1,102 @@
+"""GitHub's REST API, for what the runner asks and says: who may approve, the head of a pull
+request, and replies. Calls retry on 5xx and rate limits with backoff; their failure is
+reported to the caller as a transient error and never fails a run."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from typing import Any
+
+import httpx
+
+from runner.approvals import Identity
+from runner.errors import TransientError
+
+log = logging.getLogger(__name__)
+WRITE = frozenset({"admin", "maintain", "write"})
+
+
+class GitHubClient:
+    def __init__(self, api_url: str, token: str, *, cache_seconds: float = 60.0) -> None:
+        self.http = httpx.AsyncClient(
+            base_url=api_url.rstrip("/"),
+            headers={
+                "Authorization": f"Bearer {token}",
+                "Accept": "application/vnd.github+json",
+                "X-GitHub-Api-Version": "2022-11-28",
+                "User-Agent": "runner",
+            },
+            timeout=10.0,
+        )
+        self.cache_seconds = cache_seconds
+        self._cache: dict[tuple[str, ...], tuple[float, Any]] = {}
+
+    async def close(self) -> None:
+        await self.http.aclose()
+
+    async def _call(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        delay = 0.5
+        for attempt in range(4):
+            try:
+                response = await self.http.request(method, path, **kwargs)
+            except httpx.HTTPError as exc:
+                error: str = f"{type(exc).__name__}"
+            else:
+                limited = response.status_code == 429 or (
+                    response.status_code == 403
+                    and response.headers.get("x-ratelimit-remaining") == "0"
+                )
+                if response.status_code < 500 and not limited:
+                    return response
+                error = f"HTTP {response.status_code}"
+            if attempt < 3:
+                await asyncio.sleep(delay * (1 + random.random()))
+                delay *= 2
+        raise TransientError(f"GitHub {method} {path} failed: {error}")
+
+    async def _cached(self, key: tuple[str, ...], fetch: Any) -> Any:
+        hit = self._cache.get(key)
+        if hit is not None and time.monotonic() - hit[0] < self.cache_seconds:
+            return hit[1]
+        value = await fetch()
+        self._cache[key] = (time.monotonic(), value)
+        return value
+
+    async def identity(self, repository: str, user: str, teams: list[str]) -> Identity:
+        """The user's write access to `repository` and membership of the listed teams."""
+
+        async def permission() -> bool:
+            answer = await self._call("GET", f"/repos/{repository}/collaborators/{user}/permission")
+            return answer.status_code == 200 and answer.json().get("permission") in WRITE
+
+        async def member(team: str) -> bool:
+            org, _, slug = team.partition("/")
+            answer = await self._call("GET", f"/orgs/{org}/teams/{slug}/memberships/{user}")
+            return answer.status_code == 200 and answer.json().get("state") == "active"
+
+        can_write = await self._cached(("write", repository, user), permission)
+        found = set()
+        for team in teams:
+            if await self._cached(("team", team, user), lambda t=team: member(t)):
+                found.add(team)
+        return Identity(name=user, teams=frozenset(found), can_write=bool(can_write))
+
+    async def pull_head(self, repository: str, number: int) -> tuple[str, str]:
+        """(head sha, author) of a pull request."""
+        answer = await self._call("GET", f"/repos/{repository}/pulls/{number}")
+        if answer.status_code != 200:
+            raise TransientError(
+                f"GitHub: pull request {repository}#{number}: HTTP {answer.status_code}"
+            )
+        data = answer.json()
+        return str(data["head"]["sha"]), str(data["user"]["login"])
+
+    async def comment(self, repository: str, number: int, body: str) -> None:
+        answer = await self._call(
+            "POST", f"/repos/{repository}/issues/{number}/comments", json={"body": body}
+        )
+        if answer.status_code >= 300:
+            log.warning("GitHub comment on %s#%d: HTTP %d", repository, number, answer.status_code)

@@ -1,0 +1,155 @@
+"""`/approve` and friends as PR comments, against a fake GitHub API on 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from runner.comments import CommentHandler
+from runner.dispatch import Dispatcher
+from runner.forges.github import GitHubClient
+from runner.model import Approval, ApprovalPolicy, Run, RunRequest
+from runner.revisions import BundleLoader
+from runner.spec.compile import compile_files
+from runner.spec.repo import builtin_agents, repo_files
+from runner.store.base import Store, open_store
+from tests.fake_github import FakeGitHub, fake_github
+
+pytestmark = pytest.mark.anyio
+EXAMPLE = Path(__file__).parents[1] / "workflows-repo-example"
+REPO, HEAD = "acme/app", "c0ffee" + "0" * 34
+
+
+@pytest.fixture
+def github() -> Iterator[FakeGitHub]:
+    with fake_github() as fake:
+        fake.writers = {"alice", "dev"}
+        fake.teams = {"acme/security": {"carol"}}
+        fake.pulls[(REPO, 9)] = {"head": {"sha": HEAD}, "user": {"login": "dev"}}
+        yield fake
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[Store]:
+    opened = open_store(f"sqlite:///{tmp_path}/runner.db")
+    await opened.open()
+    await opened.migrate()
+    result = compile_files(repo_files(EXAMPLE, ""), builtins=builtin_agents())
+    await opened.apply_revision("main", "rev1", result.documents)
+    try:
+        yield opened
+    finally:
+        await opened.close()
+
+
+async def waiting_run(store: Store) -> tuple[Run, Approval]:
+    run, _ = await store.request_run(
+        RunRequest(
+            workflow="pr-security-review",
+            source="main",
+            revision="rev1",
+            idempotency_key="pr-9",
+            trigger={
+                "event": "pull_request",
+                "repository": REPO,
+                "sha": HEAD,
+                "actor": "dev",
+                "pull_request": {"number": 9},
+            },
+        )
+    )
+    await store.transition_run(run.id, "running")
+    await store.transition_run(run.id, "waiting_approval")
+    gate = await store.create_approval(
+        Approval(
+            id=0,
+            run_id=run.id,
+            step_id="patch",
+            status="pending",
+            policy=ApprovalPolicy(required=1, approvers=("@acme/security", "alice")),
+            sha=HEAD,
+            revision="rev1",
+            inputs_digest="sha256:x",
+            requested_at=1.0,
+        )
+    )
+    return run, gate
+
+
+def comment(text: str, user: str, *, number: int = 9) -> bytes:
+    return json.dumps(
+        {
+            "action": "created",
+            "issue": {"number": number, "pull_request": {"url": "u"}, "user": {"login": "dev"}},
+            "comment": {
+                "body": text,
+                "user": {"login": user, "type": "User"},
+                "html_url": f"https://gh/{REPO}/pull/9#c-{user}",
+            },
+            "repository": {"full_name": REPO, "clone_url": f"https://gh/{REPO}.git"},
+            "sender": {"login": user},
+        }
+    ).encode()
+
+
+async def deliver(store: Store, github: FakeGitHub, body: bytes, delivery: str) -> None:
+    client = GitHubClient(github.url, "token")
+    loader = BundleLoader(store.revision_documents, builtin_agents())
+    dispatcher = Dispatcher(
+        store,
+        loader,
+        kinds={"github": "github"},
+        sources={},
+        comments=CommentHandler(store, loader, {"github": client}),
+    )
+    event, _ = await store.add_event(
+        forge="github", delivery_id=delivery, event_type="issue_comment", headers={}, body=body
+    )
+    await dispatcher.handle(event)
+    await client.close()
+
+
+async def test_author_and_outsider_are_refused_a_team_member_approves(
+    store: Store, github: FakeGitHub
+) -> None:
+    run, gate = await waiting_run(store)
+    await deliver(store, github, comment("/approve", "dev"), "c1")
+    await deliver(store, github, comment("/approve", "mallory"), "c2")
+    assert (await store.get_approval(gate.id)).status == "pending"  # type: ignore[union-attr]
+    replies = [body for _, _, body in github.comments]
+    assert "dev started this run" in replies[0]
+    assert "mallory is not among the approvers" in replies[1]
+    await deliver(store, github, comment("LGTM\n/approve", "carol"), "c3")
+    assert (await store.get_approval(gate.id)).status == "approved"  # type: ignore[union-attr]
+    assert (await store.get_run(run.id)).status == "running"  # type: ignore[union-attr]
+    assert "approved (@carol)" in github.comments[-1][2]
+    (decision,) = await store.decisions(gate.id)
+    assert (decision.actor, decision.via, decision.url) == (
+        "carol",
+        "comment",
+        f"https://gh/{REPO}/pull/9#c-carol",
+    )
+    assert ("GET", "/orgs/acme/teams/security/memberships/carol") in github.calls
+
+
+async def test_a_new_push_voids_the_old_approval(store: Store, github: FakeGitHub) -> None:
+    _, gate = await waiting_run(store)
+    github.pulls[(REPO, 9)] = {"head": {"sha": "f" * 40}, "user": {"login": "dev"}}
+    await deliver(store, github, comment("/approve", "alice"), "c4")
+    assert (await store.get_approval(gate.id)).status == "pending"  # type: ignore[union-attr]
+    assert "a new push needs a new approval" in github.comments[-1][2]
+
+
+async def test_help_mistakes_and_cancel(store: Store, github: FakeGitHub) -> None:
+    run, _ = await waiting_run(store)
+    await deliver(store, github, comment("/help\n/aprove", "alice"), "c5")
+    reply = github.comments[-1][2]
+    assert "unknown command /aprove; try /help" in reply
+    assert "/approve [RUN] [STEP]" in reply
+    await deliver(store, github, comment("/cancel", "mallory"), "c6")
+    assert "needs write access" in github.comments[-1][2]
+    await deliver(store, github, comment(f"/cancel {run.id}", "alice"), "c7")
+    assert (await store.get_run(run.id)).status == "cancelled"  # type: ignore[union-attr]
