@@ -20,8 +20,9 @@ from runner.dispatch import Dispatcher
 from runner.errors import UsageError
 from runner.executors.base import Executor, open_executor
 from runner.forges.base import verifier
-from runner.forges.github import GitHubClient
+from runner.forges.github import GitHubClient, GitHubReporting
 from runner.model import Bundle
+from runner.reporting import Reporter
 from runner.revisions import BundleLoader
 from runner.scheduler import Scheduler
 from runner.settings import Settings
@@ -56,6 +57,7 @@ async def runtime(
     *,
     listener: Listener | None = None,
     roots: Callable[[str, str], Path | None] | None = None,
+    reporter: Reporter | None = None,
 ) -> AsyncIterator[Runtime]:
     """An open, migrated store and an engine on the configured executor. `roots` finds the
     checkout holding a source's repo-local agents at a revision."""
@@ -85,6 +87,7 @@ async def runtime(
                 node=node, max_parallel=settings.executor.max_parallel, secrets=dict(os.environ)
             ),
             listener=listener,
+            reporter=reporter,
         )
         yield Runtime(settings=settings, store=store, executor=executor, engine=engine, node=node)
     finally:
@@ -181,7 +184,9 @@ async def serve(settings: Settings, *, role: str, stop: asyncio.Event, grace: fl
         found = by_name.get(source)
         return found.agents_root(revision) if found else None
 
-    async with runtime(settings, roots=roots) as rt:
+    clients = github_clients(settings)
+    reporter = Reporter({name: GitHubReporting(client) for name, client in clients.items()})
+    async with runtime(settings, roots=roots, reporter=reporter) as rt:
         scheduler = Scheduler(rt.store.request_run)
         workers = WorkerPool(rt.engine, slots=settings.executor.max_parallel)
 
@@ -201,7 +206,7 @@ async def serve(settings: Settings, *, role: str, stop: asyncio.Event, grace: fl
             },
             nudge_source=lambda name: by_source[name].nudge() if name in by_source else None,
             nudge_workers=workers.nudge,
-            comments=CommentHandler(rt.store, rt.engine.loader, github_clients(settings)),
+            comments=CommentHandler(rt.store, rt.engine.loader, clients),
         )
 
         async def store_ready() -> tuple[bool, str]:

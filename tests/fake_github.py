@@ -26,6 +26,8 @@ class FakeGitHub:
     teams: dict[str, set[str]] = field(default_factory=dict)  # "org/slug" -> members
     pulls: dict[tuple[str, int], dict[str, Any]] = field(default_factory=dict)
     comments: list[tuple[str, int, str]] = field(default_factory=list)
+    statuses: list[tuple[str, str, dict[str, Any]]] = field(default_factory=list)
+    edits: list[tuple[int, str]] = field(default_factory=list)
     calls: list[tuple[str, str]] = field(default_factory=list)
     url: str = ""
 
@@ -57,8 +59,41 @@ class FakeGitHub:
             self.comments.append((repo, int(request.path_params["number"]), body["body"]))
             return JSONResponse({"id": len(self.comments), "body": body["body"]}, status_code=201)
 
+        async def status(request: Request) -> JSONResponse:
+            self.calls.append(("POST", request.url.path))
+            repo = f"{request.path_params['owner']}/{request.path_params['repo']}"
+            self.statuses.append((repo, request.path_params["sha"], await request.json()))
+            return JSONResponse({"id": len(self.statuses)}, status_code=201)
+
+        async def list_comments(request: Request) -> JSONResponse:
+            self.calls.append(("GET", request.url.path))
+            repo = f"{request.path_params['owner']}/{request.path_params['repo']}"
+            number = int(request.path_params["number"])
+            found = [
+                {"id": i + 1, "body": body}
+                for i, (r, n, body) in enumerate(self.comments)
+                if (r, n) == (repo, number)
+            ]
+            return JSONResponse(found)
+
+        async def edit_comment(request: Request) -> JSONResponse:
+            self.calls.append(("PATCH", request.url.path))
+            index = int(request.path_params["id"]) - 1
+            body = (await request.json())["body"]
+            repo, number, _ = self.comments[index]
+            self.comments[index] = (repo, number, body)
+            self.edits.append((index + 1, body))
+            return JSONResponse({"id": index + 1, "body": body})
+
         return Starlette(
             routes=[
+                Route("/repos/{owner}/{repo}/statuses/{sha}", status, methods=["POST"]),
+                Route(
+                    "/repos/{owner}/{repo}/issues/{number}/comments", list_comments, methods=["GET"]
+                ),
+                Route(
+                    "/repos/{owner}/{repo}/issues/comments/{id}", edit_comment, methods=["PATCH"]
+                ),
                 Route("/repos/{owner}/{repo}/collaborators/{user}/permission", permission),
                 Route("/orgs/{org}/teams/{slug}/memberships/{user}", membership),
                 Route("/repos/{owner}/{repo}/pulls/{number}", pull),

@@ -153,3 +153,46 @@ async def test_help_mistakes_and_cancel(store: Store, github: FakeGitHub) -> Non
     assert "needs write access" in github.comments[-1][2]
     await deliver(store, github, comment(f"/cancel {run.id}", "alice"), "c7")
     assert (await store.get_run(run.id)).status == "cancelled"  # type: ignore[union-attr]
+
+
+async def test_reporting_sets_statuses_and_keeps_one_comment_per_run(
+    store: Store, github: FakeGitHub
+) -> None:
+    from dataclasses import replace
+
+    from runner.forges.github import GitHubReporting
+    from runner.reporting import Reporter
+
+    run, gate = await waiting_run(store)
+    run = replace(run, trigger={**run.trigger, "forge": "github"})
+    client = GitHubClient(github.url, "token")
+    reporter = Reporter({"github": GitHubReporting(client)})
+    waiting = replace(run, status="waiting_approval")
+    await reporter.report(waiting, await store.get_steps(run.id), [gate])
+    (first,) = [c for c in github.comments if c[1] == 9]
+    assert f"comment `/approve {run.id} patch`" in first[2]
+    done = replace(run, status="succeeded")
+    await reporter.report(done, await store.get_steps(run.id), [])
+    await client.close()
+    assert [(sha, s["context"], s["state"]) for _, sha, s in github.statuses] == [
+        (HEAD, "runner/pr-security-review", "pending"),
+        (HEAD, "runner/pr-security-review", "success"),
+    ]
+    (only,) = [c for c in github.comments if c[1] == 9]  # one comment, edited in place
+    assert only[2].startswith(f"<!-- runner:run:{run.id} -->")
+    assert "run 1: **succeeded**" in only[2]
+    assert len(github.edits) == 1
+    assert "/approve" not in only[2]  # nothing waits any more
+
+
+async def test_reporting_failures_never_raise(store: Store) -> None:
+    from runner.forges.github import GitHubReporting
+    from runner.reporting import Reporter
+
+    run, gate = await waiting_run(store)
+    from dataclasses import replace
+
+    run = replace(run, trigger={**run.trigger, "forge": "github"})
+    client = GitHubClient("http://127.0.0.1:9", "token")  # nothing listens there
+    await Reporter({"github": GitHubReporting(client)}).report(run, [], [gate])
+    await client.close()

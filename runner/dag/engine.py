@@ -33,6 +33,7 @@ from runner.model import (
     StepRun,
     StepStatus,
 )
+from runner.reporting import Reporter
 from runner.revisions import BundleLoader
 from runner.spec.expr import EvaluationError, evaluate, render
 from runner.store.base import Store
@@ -75,8 +76,10 @@ class Engine:
         options: EngineOptions,
         *,
         listener: Listener | None = None,
+        reporter: Reporter | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        self.reporter = reporter
         self.store = store
         self.executor = executor
         self.loader = loader
@@ -94,7 +97,17 @@ class Engine:
             raise PermanentError(f"there is no run {run_id}")
         if run.status in FINISHED or run.status == "waiting_approval":
             return run
-        return await _Execution(self, run).execute()
+        result = await _Execution(self, run).execute()
+        await self.report(result)
+        return result
+
+    async def report(self, run: Run) -> None:
+        """Tell the forge the run triggered from (status, pull request comment); never raises."""
+        if self.reporter is None or not run.trigger.get("forge"):
+            return
+        steps = await self.store.get_steps(run.id)
+        pending = await self.store.list_approvals(run_id=run.id, status="pending")
+        await self.reporter.report(run, steps, pending)
 
 
 class _Execution:
@@ -122,6 +135,7 @@ class _Execution:
             if started is None:
                 return await self._current()
             self.run = started
+            await self.engine.report(started)
         for record in await self.store.get_steps(self.run.id):
             if record.status == "running":  # interrupted by a crash: it runs again
                 record = replace(record, status="pending")

@@ -100,3 +100,59 @@ class GitHubClient:
         )
         if answer.status_code >= 300:
             log.warning("GitHub comment on %s#%d: HTTP %d", repository, number, answer.status_code)
+
+
+STATES = {
+    "queued": "pending",
+    "running": "pending",
+    "waiting_approval": "pending",
+    "succeeded": "success",
+    "failed": "failure",
+    "rejected": "failure",
+    "cancelled": "error",
+    "skipped": "success",
+}
+
+
+class GitHubReporting:
+    """What a run shows on GitHub: a commit status `runner/<workflow>` and, for a pull
+    request, one comment per run, found again by a marker and edited as the run moves."""
+
+    def __init__(self, client: GitHubClient) -> None:
+        self.client = client
+
+    async def status(
+        self, repository: str, sha: str, context: str, state: str, description: str
+    ) -> None:
+        answer = await self.client._call(
+            "POST",
+            f"/repos/{repository}/statuses/{sha}",
+            json={"state": state, "context": context, "description": description[:140]},
+        )
+        if answer.status_code >= 300:
+            log.warning("GitHub status on %s@%s: HTTP %d", repository, sha[:12], answer.status_code)
+
+    async def upsert_comment(self, repository: str, number: int, marker: str, body: str) -> None:
+        text = f"{marker}\n{body}"
+        page = 1
+        while True:
+            answer = await self.client._call(
+                "GET",
+                f"/repos/{repository}/issues/{number}/comments",
+                params={"per_page": 100, "page": page},
+            )
+            if answer.status_code != 200:
+                break
+            comments = answer.json()
+            for comment in comments:
+                if str(comment.get("body", "")).startswith(marker):
+                    await self.client._call(
+                        "PATCH",
+                        f"/repos/{repository}/issues/comments/{comment['id']}",
+                        json={"body": text},
+                    )
+                    return
+            if len(comments) < 100:
+                break
+            page += 1
+        await self.client.comment(repository, number, text)

@@ -1,0 +1,66 @@
+"""Reporting a run back to where it came from: a commit status per workflow run and one
+kept-up-to-date comment on its pull request. A reporting failure is logged, never a run
+failure."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+
+from runner.forges.github import STATES, GitHubReporting
+from runner.model import Approval, Run, StepRun
+
+log = logging.getLogger(__name__)
+
+
+def run_comment(run: Run, steps: list[StepRun], pending: list[Approval]) -> str:
+    lines = [
+        f"**runner** · `{run.workflow}` · run {run.id}: **{run.status}**",
+        "",
+        "| step | status |",
+        "| --- | --- |",
+    ]
+    lines += [f"| {s.step_id} | {s.status} |" for s in steps]
+    for gate in pending:
+        who = ", ".join(gate.policy.approvers) or "anyone with write access"
+        lines += [
+            "",
+            f"Step `{gate.step_id}` waits for {gate.policy.required} approval(s) from {who}: "
+            f"comment `/approve {run.id} {gate.step_id}` (or `/reject {run.id} reason`).",
+        ]
+    if run.error:
+        lines += ["", f"{run.error}"]
+    return "\n".join(lines)
+
+
+class Reporter:
+    def __init__(self, forges: Mapping[str, GitHubReporting]) -> None:
+        self.forges = dict(forges)
+
+    async def report(self, run: Run, steps: list[StepRun], pending: list[Approval]) -> None:
+        trigger = run.trigger
+        forge = self.forges.get(str(trigger.get("forge", "")))
+        repository, sha = trigger.get("repository"), trigger.get("sha")
+        if forge is None or not repository or not sha:
+            return
+        try:
+            description = f"run {run.id}: {run.status}" + (
+                f" ({pending[0].step_id} waits for approval)" if pending else ""
+            )
+            await forge.status(
+                str(repository),
+                str(sha),
+                f"runner/{run.workflow}",
+                STATES.get(run.status, "pending"),
+                description,
+            )
+            number = (trigger.get("pull_request") or {}).get("number")
+            if number:
+                await forge.upsert_comment(
+                    str(repository),
+                    int(number),
+                    f"<!-- runner:run:{run.id} -->",
+                    run_comment(run, steps, pending),
+                )
+        except Exception as exc:  # reporting never fails a run
+            log.warning("reporting run %d to %s: %s", run.id, trigger.get("forge"), exc)
