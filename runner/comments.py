@@ -64,6 +64,33 @@ class CommentHandler:
             await client.comment(event.repository, event.number or 0, "\n".join(replies))
         return replies
 
+    async def superseded(self, event: ForgeEvent) -> list[int]:
+        """A new push to a pull request (`synchronize`): runs of the old head that wait for an
+        approval are cancelled (the approval was for other code) and the PR is told."""
+        cancelled = []
+        for run in _pr_runs(
+            await self.store.list_runs(status=["waiting_approval"], limit=1000), event
+        ):
+            if run.trigger.get("sha") == event.sha:
+                continue
+            try:
+                await control.cancel(
+                    self.store, run.id, reason=f"superseded by a push of {event.sha[:12]}"
+                )
+            except PermanentError:
+                continue
+            cancelled.append(run.id)
+        client = self.clients.get(event.forge)
+        if cancelled and client is not None:
+            listed = ", ".join(str(i) for i in cancelled)
+            await client.comment(
+                event.repository,
+                event.number or 0,
+                f"The push of {event.sha[:12]} voids the pending approvals of run(s) {listed}"
+                " (they were for the previous head); the new head gets a run of its own.",
+            )
+        return cancelled
+
     async def _one(
         self, command: Command, event: ForgeEvent, client: GitHubClient, head: str, runs: list[Run]
     ) -> list[str]:

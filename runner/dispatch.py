@@ -73,6 +73,9 @@ class Dispatcher:
         )
         if forge_event is None:
             return []
+        new_head = forge_event.kind == "pull_request" and forge_event.action == "synchronize"
+        if new_head and self.comments is not None:
+            await self.comments.superseded(forge_event)
         if forge_event.kind == "comment":
             if self.comments is not None:
                 await self.comments.handle(forge_event)

@@ -196,3 +196,38 @@ async def test_reporting_failures_never_raise(store: Store) -> None:
     client = GitHubClient("http://127.0.0.1:9", "token")  # nothing listens there
     await Reporter({"github": GitHubReporting(client)}).report(run, [], [gate])
     await client.close()
+
+
+async def test_a_push_to_the_pull_request_voids_waiting_approvals(
+    store: Store, github: FakeGitHub
+) -> None:
+    run, _ = await waiting_run(store)
+    client = GitHubClient(github.url, "token")
+    loader = BundleLoader(store.revision_documents, builtin_agents())
+    handler = CommentHandler(store, loader, {"github": client})
+    dispatcher = Dispatcher(store, loader, kinds={"github": "github"}, sources={}, comments=handler)
+    new_head = "b" * 40
+    payload = {
+        "action": "synchronize",
+        "number": 9,
+        "pull_request": {
+            "head": {"sha": new_head},
+            "base": {"ref": "main"},
+            "user": {"login": "dev"},
+        },
+        "repository": {"full_name": REPO, "clone_url": f"https://gh/{REPO}.git"},
+        "sender": {"login": "dev"},
+    }
+    event, _ = await store.add_event(
+        forge="github",
+        delivery_id="sync-1",
+        event_type="pull_request",
+        headers={},
+        body=json.dumps(payload).encode(),
+    )
+    await dispatcher.handle(event)
+    await client.close()
+    old = await store.get_run(run.id)
+    assert old is not None
+    assert (old.status, old.error) == ("cancelled", f"superseded by a push of {new_head[:12]}")
+    assert "voids the pending approvals of run(s) 1" in github.comments[-1][2]
