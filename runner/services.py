@@ -263,3 +263,5 @@ async def serve(settings: Settings, *, role: str, stop: asyncio.Event, grace: fl
 
                 group.create_task(stop_web())
         scheduler.shutdown()
+        for client in clients.values():
+            await client.close()
