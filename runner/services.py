@@ -20,7 +20,7 @@ from runner.dispatch import Dispatcher
 from runner.errors import UsageError
 from runner.executors.base import Executor, open_executor
 from runner.forges.base import verifier
-from runner.forges.github import GitHubClient, GitHubReporting
+from runner.forges.github import GiteaClient, GitHubClient, GitHubReporting
 from runner.model import Bundle
 from runner.reporting import Reporter
 from runner.revisions import BundleLoader
@@ -142,15 +142,19 @@ def secret_values(env_name: str | None, file_name: str | None) -> list[str]:
 
 
 def github_clients(settings: Settings) -> dict[str, GitHubClient]:
-    """API clients of the GitHub forges that have a token (needed to act on PR comments)."""
-    clients = {}
+    """API clients of the GitHub and Gitea forges that have a token (needed to act on PR
+    comments and to report back)."""
+    clients: dict[str, GitHubClient] = {}
     for forge in settings.forges:
-        if forge.get("kind") != "github":
-            continue
+        kind = forge.get("kind")
         token = secret_values(forge.get("token_env"), forge.get("token_file"))
-        if token:
-            api = str(forge.get("api_url", "https://api.github.com"))
-            clients[str(forge["name"])] = GitHubClient(api, token[0])
+        if kind not in ("github", "gitea") or not token:
+            continue
+        if kind == "gitea" and not forge.get("api_url"):
+            raise UsageError(f"forge {forge['name']!r}: a Gitea forge needs api_url (.../api/v1)")
+        api = str(forge.get("api_url", "https://api.github.com"))
+        client_type = GitHubClient if kind == "github" else GiteaClient
+        clients[str(forge["name"])] = client_type(api, token[0])
     return clients
 
 

@@ -29,11 +29,13 @@ class FakeGitHub:
     statuses: list[tuple[str, str, dict[str, Any]]] = field(default_factory=list)
     edits: list[tuple[int, str]] = field(default_factory=list)
     calls: list[tuple[str, str]] = field(default_factory=list)
+    auth: list[str] = field(default_factory=list)
     url: str = ""
 
     def app(self) -> Starlette:
         async def permission(request: Request) -> JSONResponse:
             self.calls.append(("GET", request.url.path))
+            self.auth.append(request.headers.get("authorization", ""))
             user = request.path_params["user"]
             return JSONResponse({"permission": "write" if user in self.writers else "read"})
 

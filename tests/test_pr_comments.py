@@ -231,3 +231,45 @@ async def test_a_push_to_the_pull_request_voids_waiting_approvals(
     assert old is not None
     assert (old.status, old.error) == ("cancelled", f"superseded by a push of {new_head[:12]}")
     assert "voids the pending approvals of run(s) 1" in github.comments[-1][2]
+
+
+async def test_gitea_pull_request_comments_use_the_same_policy(
+    store: Store, github: FakeGitHub
+) -> None:
+    from runner.forges.github import GiteaClient
+
+    run, gate = await waiting_run(store)
+    client = GiteaClient(github.url, "gitea-token")  # the fake answers Gitea's paths too
+    loader = BundleLoader(store.revision_documents, builtin_agents())
+    dispatcher = Dispatcher(
+        store,
+        loader,
+        kinds={"gitea": "gitea"},
+        sources={},
+        comments=CommentHandler(store, loader, {"gitea": client}),
+    )
+    payload = {
+        "action": "created",
+        "is_pull": True,
+        "issue": {"number": 9, "user": {"login": "dev"}},
+        "comment": {
+            "body": "/approve",
+            "user": {"login": "alice"},
+            "html_url": f"https://gt/{REPO}/pulls/9#c",
+        },
+        "repository": {"full_name": REPO, "clone_url": f"https://gt/{REPO}.git"},
+        "sender": {"login": "alice"},
+    }
+    event, _ = await store.add_event(
+        forge="gitea",
+        delivery_id="gt-c1",
+        event_type="issue_comment",
+        headers={},
+        body=json.dumps(payload).encode(),
+    )
+    await dispatcher.handle(event)
+    await client.close()
+    assert (await store.get_approval(gate.id)).status == "approved"  # type: ignore[union-attr]
+    assert github.auth[-1] == "token gitea-token"
+    assert "approved (@alice)" in github.comments[-1][2]
+    assert (await store.get_run(run.id)).status == "running"  # type: ignore[union-attr]

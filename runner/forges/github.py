@@ -156,3 +156,35 @@ class GitHubReporting:
                 break
             page += 1
         await self.client.comment(repository, number, text)
+
+
+class GiteaClient(GitHubClient):
+    """Gitea's REST API (`api_url` like https://gitea.example.com/api/v1) has GitHub's shape for
+    everything the runner uses but team membership and the token header."""
+
+    def __init__(self, api_url: str, token: str, *, cache_seconds: float = 60.0) -> None:
+        super().__init__(api_url, token, cache_seconds=cache_seconds)
+        self.http.headers["Authorization"] = f"token {token}"
+        self.http.headers.pop("X-GitHub-Api-Version", None)
+
+    async def identity(self, repository: str, user: str, teams: list[str]) -> Identity:
+        base = await super().identity(repository, user, [])
+
+        async def member(team: str) -> bool:
+            org, _, slug = team.partition("/")
+            found = await self._call("GET", f"/orgs/{org}/teams/search", params={"q": slug})
+            matches = (
+                [t for t in (found.json().get("data") or []) if t.get("name") == slug]
+                if found.status_code == 200
+                else []
+            )
+            if not matches:
+                return False
+            answer = await self._call("GET", f"/teams/{matches[0]['id']}/members/{user}")
+            return answer.status_code == 200
+
+        found_teams = set()
+        for team in teams:
+            if await self._cached(("team", team, user), lambda t=team: member(t)):
+                found_teams.add(team)
+        return Identity(name=user, teams=frozenset(found_teams), can_write=base.can_write)
