@@ -1,11 +1,15 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import psycopg
 import pytest
 
+from runner.spec.compile import compile_files
+from runner.spec.repo import builtin_agents, repo_files
+from runner.store.base import Store, open_store
 from tests.pg import cluster
 
 _names = itertools.count()
@@ -27,3 +31,18 @@ def postgres_url(postgres_server: str) -> Iterator[str]:
     yield postgres_server.rsplit("/", 1)[0] + "/" + name
     with psycopg.connect(postgres_server, autocommit=True) as conn:
         conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+@pytest.fixture
+async def example_store(tmp_path: Path) -> AsyncIterator[Store]:
+    """A SQLite store with the bundled example repo applied as source `main`, revision rev1."""
+    opened = open_store(f"sqlite:///{tmp_path}/runner.db")
+    await opened.open()
+    await opened.migrate()
+    example = Path(__file__).parents[1] / "workflows-repo-example"
+    result = compile_files(repo_files(example, ""), builtins=builtin_agents())
+    await opened.apply_revision("main", "rev1", result.documents)
+    try:
+        yield opened
+    finally:
+        await opened.close()

@@ -4,7 +4,6 @@ trigger matching, one run per workflow per delivery, and the workflows repo's ow
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -13,9 +12,8 @@ from runner.dispatch import Dispatcher, same_repository
 from runner.forges.events import parse
 from runner.model import Trigger, Workflow
 from runner.revisions import BundleLoader
-from runner.spec.compile import compile_files
-from runner.spec.repo import builtin_agents, repo_files
-from runner.store.base import Store, open_store
+from runner.spec.repo import builtin_agents
+from runner.store.base import Store
 from runner.triggers import matches
 from tests.npm import github_examples
 
@@ -148,16 +146,8 @@ def test_same_repository_across_url_shapes() -> None:
 
 
 @pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[Store]:
-    opened = open_store(f"sqlite:///{tmp_path}/runner.db")
-    await opened.open()
-    await opened.migrate()
-    result = compile_files(repo_files(EXAMPLE, ""), builtins=builtin_agents())
-    await opened.apply_revision("main", "rev1", result.documents)
-    try:
-        yield opened
-    finally:
-        await opened.close()
+def store(example_store: Store) -> Store:
+    return example_store
 
 
 async def test_events_become_one_run_per_workflow_per_delivery(store: Store) -> None:

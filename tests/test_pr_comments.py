@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -13,9 +13,8 @@ from runner.dispatch import Dispatcher
 from runner.forges.github import GitHubClient
 from runner.model import Approval, ApprovalPolicy, Run, RunRequest
 from runner.revisions import BundleLoader
-from runner.spec.compile import compile_files
-from runner.spec.repo import builtin_agents, repo_files
-from runner.store.base import Store, open_store
+from runner.spec.repo import builtin_agents
+from runner.store.base import Store
 from tests.fake_github import FakeGitHub, fake_github
 
 pytestmark = pytest.mark.anyio
@@ -33,16 +32,8 @@ def github() -> Iterator[FakeGitHub]:
 
 
 @pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[Store]:
-    opened = open_store(f"sqlite:///{tmp_path}/runner.db")
-    await opened.open()
-    await opened.migrate()
-    result = compile_files(repo_files(EXAMPLE, ""), builtins=builtin_agents())
-    await opened.apply_revision("main", "rev1", result.documents)
-    try:
-        yield opened
-    finally:
-        await opened.close()
+def store(example_store: Store) -> Store:
+    return example_store
 
 
 async def waiting_run(store: Store) -> tuple[Run, Approval]:
