@@ -14,9 +14,8 @@ are dropped. A schedule added by a new commit starts with its next fire.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.base import BaseTrigger
@@ -142,6 +141,3 @@ class Scheduler:
             if catch_up and (now - last).total_seconds() <= self.misfire_grace:
                 await self.fire(source, schedule, revision, last)
         return {"added": added, "removed": removed}
-
-    def next_fires(self) -> Mapping[str, Any]:
-        return {job.id: job.next_run_time for job in self.aps.get_jobs()}

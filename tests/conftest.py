@@ -33,15 +33,20 @@ def postgres_url(postgres_server: str) -> Iterator[str]:
         conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
+async def apply_example(store: Store, revision: str = "rev1") -> None:
+    """Apply the bundled example repo to `store` as source `main` at `revision`."""
+    example = Path(__file__).parents[1] / "workflows-repo-example"
+    result = compile_files(repo_files(example, ""), builtins=builtin_agents())
+    await store.apply_revision("main", revision, result.documents)
+
+
 @pytest.fixture
 async def example_store(tmp_path: Path) -> AsyncIterator[Store]:
     """A SQLite store with the bundled example repo applied as source `main`, revision rev1."""
     opened = open_store(f"sqlite:///{tmp_path}/runner.db")
     await opened.open()
     await opened.migrate()
-    example = Path(__file__).parents[1] / "workflows-repo-example"
-    result = compile_files(repo_files(example, ""), builtins=builtin_agents())
-    await opened.apply_revision("main", "rev1", result.documents)
+    await apply_example(opened)
     try:
         yield opened
     finally:

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from runner.comments import CommentHandler
 from runner.dispatch import Dispatcher
-from runner.forges.github import GitHubClient
+from runner.forges.github import GiteaClient, GitHubClient, GitHubReporting
 from runner.model import Approval, ApprovalPolicy, Run, RunRequest
+from runner.reporting import Reporter
 from runner.revisions import BundleLoader
 from runner.spec.repo import builtin_agents
 from runner.store.base import Store
@@ -86,18 +88,27 @@ def comment(text: str, user: str, *, number: int = 9) -> bytes:
     ).encode()
 
 
-async def deliver(store: Store, github: FakeGitHub, body: bytes, delivery: str) -> None:
-    client = GitHubClient(github.url, "token")
+async def deliver(
+    store: Store,
+    github: FakeGitHub,
+    body: bytes,
+    delivery: str,
+    *,
+    forge: str = "github",
+    event_type: str = "issue_comment",
+) -> None:
+    """A stored delivery handled by the dispatcher, its forge API being the fake."""
+    client = (GiteaClient if forge == "gitea" else GitHubClient)(github.url, f"{forge}-token")
     loader = BundleLoader(store.revision_documents, builtin_agents())
     dispatcher = Dispatcher(
         store,
         loader,
-        kinds={"github": "github"},
+        kinds={forge: forge},
         sources={},
-        comments=CommentHandler(store, loader, {"github": client}),
+        comments=CommentHandler(store, loader, {forge: client}),
     )
     event, _ = await store.add_event(
-        forge="github", delivery_id=delivery, event_type="issue_comment", headers={}, body=body
+        forge=forge, delivery_id=delivery, event_type=event_type, headers={}, body=body
     )
     await dispatcher.handle(event)
     await client.close()
@@ -149,10 +160,6 @@ async def test_help_mistakes_and_cancel(store: Store, github: FakeGitHub) -> Non
 async def test_reporting_sets_statuses_and_keeps_one_comment_per_run(
     store: Store, github: FakeGitHub
 ) -> None:
-    from dataclasses import replace
-
-    from runner.forges.github import GitHubReporting
-    from runner.reporting import Reporter
 
     run, gate = await waiting_run(store)
     run = replace(run, trigger={**run.trigger, "forge": "github"})
@@ -177,12 +184,8 @@ async def test_reporting_sets_statuses_and_keeps_one_comment_per_run(
 
 
 async def test_reporting_failures_never_raise(store: Store) -> None:
-    from runner.forges.github import GitHubReporting
-    from runner.reporting import Reporter
 
     run, gate = await waiting_run(store)
-    from dataclasses import replace
-
     run = replace(run, trigger={**run.trigger, "forge": "github"})
     client = GitHubClient("http://127.0.0.1:9", "token")  # nothing listens there
     await Reporter({"github": GitHubReporting(client)}).report(run, [], [gate])
@@ -193,10 +196,6 @@ async def test_a_push_to_the_pull_request_voids_waiting_approvals(
     store: Store, github: FakeGitHub
 ) -> None:
     run, _ = await waiting_run(store)
-    client = GitHubClient(github.url, "token")
-    loader = BundleLoader(store.revision_documents, builtin_agents())
-    handler = CommentHandler(store, loader, {"github": client})
-    dispatcher = Dispatcher(store, loader, kinds={"github": "github"}, sources={}, comments=handler)
     new_head = "b" * 40
     payload = {
         "action": "synchronize",
@@ -209,15 +208,8 @@ async def test_a_push_to_the_pull_request_voids_waiting_approvals(
         "repository": {"full_name": REPO, "clone_url": f"https://gh/{REPO}.git"},
         "sender": {"login": "dev"},
     }
-    event, _ = await store.add_event(
-        forge="github",
-        delivery_id="sync-1",
-        event_type="pull_request",
-        headers={},
-        body=json.dumps(payload).encode(),
-    )
-    await dispatcher.handle(event)
-    await client.close()
+    body = json.dumps(payload).encode()
+    await deliver(store, github, body, "sync-1", event_type="pull_request")
     old = await store.get_run(run.id)
     assert old is not None
     assert (old.status, old.error) == ("cancelled", f"superseded by a push of {new_head[:12]}")
@@ -227,18 +219,7 @@ async def test_a_push_to_the_pull_request_voids_waiting_approvals(
 async def test_gitea_pull_request_comments_use_the_same_policy(
     store: Store, github: FakeGitHub
 ) -> None:
-    from runner.forges.github import GiteaClient
-
-    run, gate = await waiting_run(store)
-    client = GiteaClient(github.url, "gitea-token")  # the fake answers Gitea's paths too
-    loader = BundleLoader(store.revision_documents, builtin_agents())
-    dispatcher = Dispatcher(
-        store,
-        loader,
-        kinds={"gitea": "gitea"},
-        sources={},
-        comments=CommentHandler(store, loader, {"gitea": client}),
-    )
+    run, gate = await waiting_run(store)  # the fake answers Gitea's paths too
     payload = {
         "action": "created",
         "is_pull": True,
@@ -251,15 +232,7 @@ async def test_gitea_pull_request_comments_use_the_same_policy(
         "repository": {"full_name": REPO, "clone_url": f"https://gt/{REPO}.git"},
         "sender": {"login": "alice"},
     }
-    event, _ = await store.add_event(
-        forge="gitea",
-        delivery_id="gt-c1",
-        event_type="issue_comment",
-        headers={},
-        body=json.dumps(payload).encode(),
-    )
-    await dispatcher.handle(event)
-    await client.close()
+    await deliver(store, github, json.dumps(payload).encode(), "gt-c1", forge="gitea")
     assert (await store.get_approval(gate.id)).status == "approved"  # type: ignore[union-attr]
     assert github.auth[-1] == "token gitea-token"
     assert "approved (@alice)" in github.comments[-1][2]

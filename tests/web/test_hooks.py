@@ -21,6 +21,7 @@ import pytest
 
 from runner.model import Event
 from runner.store.base import open_store
+from tests.conftest import apply_example
 from tests.npm import github_examples, octokit_sign
 from tests.test_serve import free_port
 
@@ -185,18 +186,12 @@ def test_gitlab_token_and_gitea_signature(service: tuple[str, Path]) -> None:
     assert (unknown.status_code, unknown.json()["error"]["code"]) == (404, "unknown_forge")
 
 
-def apply_example(home: Path) -> None:
+def apply_example_to(home: Path) -> None:
     async def apply() -> None:
-        from runner.revisions import content_revision
-        from runner.spec.compile import compile_files
-        from runner.spec.repo import builtin_agents, repo_files
-
-        example = Path(__file__).parents[2] / "workflows-repo-example"
-        result = compile_files(repo_files(example, ""), builtins=builtin_agents())
         store = open_store(f"sqlite:///{home}/runner.db")
         await store.open()
         try:
-            await store.apply_revision("main", content_revision(result.documents), result.documents)
+            await apply_example(store)
         finally:
             await store.close()
 
@@ -205,7 +200,7 @@ def apply_example(home: Path) -> None:
 
 def test_generic_hook_starts_a_run_with_validated_inputs(service: tuple[str, Path]) -> None:
     base, home = service
-    apply_example(home)
+    apply_example_to(home)
 
     def send(workflow: str, body: bytes, delivery: str) -> httpx.Response:
         signature = "sha256=" + hmac.new(b"generic-s3cret", body, hashlib.sha256).hexdigest()
