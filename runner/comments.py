@@ -13,9 +13,9 @@ from typing import Literal
 from runner.approvals import NotAllowed, decide
 from runner.dag import control
 from runner.errors import PermanentError
+from runner.forges.api import ForgeClient
 from runner.forges.commands import HELP, Command, parse_comment
 from runner.forges.events import ForgeEvent
-from runner.forges.github import GitHubClient
 from runner.model import Run, RunRequest
 from runner.revisions import BundleLoader
 from runner.spec.inputs import InputsInvalid, resolve_inputs
@@ -35,7 +35,7 @@ def _pr_runs(runs: list[Run], event: ForgeEvent) -> list[Run]:
 
 class CommentHandler:
     def __init__(
-        self, store: Store, loader: BundleLoader, clients: Mapping[str, GitHubClient]
+        self, store: Store, loader: BundleLoader, clients: Mapping[str, ForgeClient]
     ) -> None:
         self.store = store
         self.loader = loader
@@ -92,7 +92,7 @@ class CommentHandler:
         return cancelled
 
     async def _one(
-        self, command: Command, event: ForgeEvent, client: GitHubClient, head: str, runs: list[Run]
+        self, command: Command, event: ForgeEvent, client: ForgeClient, head: str, runs: list[Run]
     ) -> list[str]:
         if command.verb == "help":
             return [HELP]
@@ -124,7 +124,7 @@ class CommentHandler:
         self,
         command: Command,
         event: ForgeEvent,
-        client: GitHubClient,
+        client: ForgeClient,
         head: str,
         targets: list[Run],
     ) -> list[str]:

@@ -7,7 +7,8 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 
-from runner.forges.github import STATES, GitHubReporting
+from runner.forges.api import ForgeReporting
+from runner.forges.github import STATES
 from runner.model import Approval, Run, StepRun
 
 log = logging.getLogger(__name__)
@@ -34,7 +35,7 @@ def run_comment(run: Run, steps: list[StepRun], pending: list[Approval]) -> str:
 
 
 class Reporter:
-    def __init__(self, forges: Mapping[str, GitHubReporting]) -> None:
+    def __init__(self, forges: Mapping[str, ForgeReporting]) -> None:
         self.forges = dict(forges)
 
     async def report(self, run: Run, steps: list[StepRun], pending: list[Approval]) -> None:

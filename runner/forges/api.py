@@ -1,0 +1,43 @@
+"""What the runner asks of a forge's API and says through it, as small Protocols: GitHub, Gitea
+and GitLab each implement them (`github.py`, `gitlab.py`)."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from runner.approvals import Identity
+
+
+class ForgeClient(Protocol):
+    """Questions and replies about pull (merge) requests; `repository` is the forge's full name
+    of the project (`owner/name`, or GitLab's `group/subgroup/name`)."""
+
+    async def identity(self, repository: str, user: str, teams: list[str]) -> Identity:
+        """The user's write access to `repository` and which of `teams` (`org/slug`, or a GitLab
+        group path) they belong to; answers may be cached briefly."""
+        ...
+
+    async def pull_head(self, repository: str, number: int) -> tuple[str, str]:
+        """(head sha, author login) of pull request `number`."""
+        ...
+
+    async def comment(self, repository: str, number: int, body: str) -> None:
+        """Post a new comment on pull request `number`."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+class ForgeReporting(Protocol):
+    """How a run shows on the forge: a commit status and one comment per run."""
+
+    async def status(
+        self, repository: str, sha: str, context: str, state: str, description: str
+    ) -> None:
+        """Set commit status `context` on `sha`; `state` is one of pending, success, failure,
+        error (mapped to the forge's own words by the implementation)."""
+        ...
+
+    async def upsert_comment(self, repository: str, number: int, marker: str, body: str) -> None:
+        """Create the pull request's comment that starts with `marker`, or edit it in place."""
+        ...
