@@ -17,6 +17,7 @@ from collections.abc import Callable, Mapping
 from runner.comments import CommentHandler
 from runner.forges.events import ForgeEvent, parse
 from runner.model import Event, RunRequest
+from runner.prcheck import PullRequestCheck
 from runner.revisions import BundleLoader
 from runner.store.base import Store
 from runner.triggers import matches
@@ -49,8 +50,10 @@ class Dispatcher:
         nudge_source: Callable[[str], None] = lambda name: None,
         nudge_workers: Callable[[], None] = lambda: None,
         comments: CommentHandler | None = None,
+        prcheck: PullRequestCheck | None = None,
     ) -> None:
         self.comments = comments
+        self.prcheck = prcheck
         self.store = store
         self.loader = loader
         self.kinds = dict(kinds)  # forge name -> github | gitlab | gitea
@@ -89,6 +92,18 @@ class Dispatcher:
             ):
                 log.info("push to the workflows repo %s: reconciling now", name)
                 self.nudge_source(name)
+            if (
+                forge_event.kind == "pull_request"
+                and self.prcheck is not None
+                and name in self.prcheck.sources
+                and same_repository(url, forge_event)
+            ):
+                try:
+                    await self.prcheck.handle(forge_event, name)
+                except Exception as exc:  # the PR's own runs are requested all the same
+                    log.warning(
+                        "validating %s#%s: %s", forge_event.repository, forge_event.number, exc
+                    )
         runs = []
         for status in await self.store.list_source_statuses():
             if not status.applied_revision:

@@ -22,6 +22,7 @@ from runner.executors.base import Executor, open_executor
 from runner.forges.base import verifier
 from runner.forges.github import GiteaClient, GitHubClient, GitHubReporting
 from runner.model import Bundle
+from runner.prcheck import PullRequestCheck
 from runner.reporting import Reporter
 from runner.revisions import BundleLoader
 from runner.scheduler import Scheduler
@@ -189,7 +190,9 @@ async def serve(settings: Settings, *, role: str, stop: asyncio.Event, grace: fl
         return found.agents_root(revision) if found else None
 
     clients = github_clients(settings)
-    reporter = Reporter({name: GitHubReporting(client) for name, client in clients.items()})
+    reporting = {name: GitHubReporting(client) for name, client in clients.items()}
+    reporter = Reporter(reporting)
+    kinds = {str(f["name"]): str(f["kind"]) for f in settings.forges}
     async with runtime(settings, roots=roots, reporter=reporter) as rt:
         scheduler = Scheduler(rt.store.request_run)
         workers = WorkerPool(rt.engine, slots=settings.executor.max_parallel)
@@ -203,7 +206,7 @@ async def serve(settings: Settings, *, role: str, stop: asyncio.Event, grace: fl
         dispatcher = Dispatcher(
             rt.store,
             rt.engine.loader,
-            kinds={str(f["name"]): str(f["kind"]) for f in settings.forges},
+            kinds=kinds,
             sources={
                 str(s["name"]): (str(s["url"]), str(s.get("branch", "main")))
                 for s in settings.sources
@@ -211,6 +214,14 @@ async def serve(settings: Settings, *, role: str, stop: asyncio.Event, grace: fl
             nudge_source=lambda name: by_source[name].nudge() if name in by_source else None,
             nudge_workers=workers.nudge,
             comments=CommentHandler(rt.store, rt.engine.loader, clients),
+            prcheck=PullRequestCheck(
+                rt.store,
+                rt.engine.loader,
+                {s.name: s.config for s in sources if isinstance(s, GitSource)},
+                Path(settings.data_dir),
+                reporting,
+                kinds,
+            ),
         )
 
         async def store_ready() -> tuple[bool, str]:

@@ -24,6 +24,45 @@ def _walk(repo: pygit2.Repository, tree: pygit2.Tree, prefix: str = "") -> dict[
     return out
 
 
+def subtree(repo: pygit2.Repository, commit: pygit2.Commit, relative: str) -> pygit2.Tree | None:
+    """The tree of folder `relative` at `commit` (its root for "" or "."); None if absent."""
+    if relative in ("", "."):
+        return commit.tree
+    try:
+        entry = commit.tree[relative]
+    except KeyError:
+        return None
+    found = repo[entry.id]
+    return found if isinstance(found, pygit2.Tree) else None
+
+
+def document_ids(repo: pygit2.Repository, tree: pygit2.Tree | None) -> dict[str, pygit2.Oid]:
+    """The blob ids of the workflow and agent files of a workflows-repo tree, by path."""
+    if tree is None:
+        return {}
+    blobs = _walk(repo, tree)
+    return {rel: blobs[rel] for rel, _role, _dir in repo_layout(blobs)}
+
+
+def tree_files(repo: pygit2.Repository, tree: pygit2.Tree, display: str) -> list[SourceFile]:
+    """The workflow and agent documents of a workflows-repo tree; `display` prefixes their
+    paths in errors."""
+    blobs = _walk(repo, tree)
+    files = []
+    for rel, role, agent_dir in repo_layout(blobs):
+        blob = repo[blobs[rel]]
+        assert isinstance(blob, pygit2.Blob)
+        files.append(
+            SourceFile(
+                path=f"{display}{rel}",
+                data=blob.data,
+                role="workflows" if role == "workflows" else "agent",
+                agent_dir=agent_dir,
+            )
+        )
+    return files
+
+
 def files_at(path: Path, rev: str) -> list[SourceFile]:
     """The documents of the workflows repo at `path` as of `rev` of its enclosing git repo.
 
@@ -41,27 +80,8 @@ def files_at(path: Path, rev: str) -> list[SourceFile]:
         raise UsageError(f"unknown git revision {rev!r} in {repo.workdir or found}") from None
     workdir = Path(repo.workdir or found).resolve()
     relative = path.resolve().relative_to(workdir).as_posix()
-    tree = commit.tree
-    if relative not in ("", "."):
-        try:
-            sub = tree[relative]
-        except KeyError:
-            return []
-        subtree = repo[sub.id]
-        if not isinstance(subtree, pygit2.Tree):
-            return []
-        tree = subtree
-    blobs = _walk(repo, tree)
-    files = []
-    for rel, role, agent_dir in repo_layout(blobs):
-        blob = repo[blobs[rel]]
-        assert isinstance(blob, pygit2.Blob)
-        files.append(
-            SourceFile(
-                path=f"{rev}:{relative + '/' if relative not in ('', '.') else ''}{rel}",
-                data=blob.data,
-                role="workflows" if role == "workflows" else "agent",
-                agent_dir=agent_dir,
-            )
-        )
-    return files
+    tree = subtree(repo, commit, relative)
+    if tree is None:
+        return []
+    prefix = relative + "/" if relative not in ("", ".") else ""
+    return tree_files(repo, tree, f"{rev}:{prefix}")
