@@ -67,6 +67,7 @@ def test_gitlab_and_gitea_words_become_github_ones() -> None:
             "user": {"username": "bob"},
             "object_attributes": {
                 "action": "update",
+                "oldrev": "0a1b2c",  # new code was pushed
                 "iid": 7,
                 "target_branch": "main",
                 "last_commit": {"id": "abc"},

@@ -1,0 +1,201 @@
+"""GitLab's REST API (v4), for what the runner asks and says: who may approve (project role,
+group membership), the head of a merge request, replies, commit statuses and the one note per
+run. `api_url` is like https://gitlab.example.com/api/v4; projects and groups are named by their
+URL-encoded path (`group%2Fsub%2Fname`). Calls retry on 5xx and rate limits with backoff; their
+failure is reported to the caller as a transient error and never fails a run."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+
+from runner import metrics
+from runner.approvals import Identity
+from runner.errors import TransientError
+
+log = logging.getLogger(__name__)
+DEVELOPER = 30  # GitLab's access_level for the Developer role: may push, hence "write access"
+# the runner's commit states (GitHub's words) in GitLab's: pending running success failed canceled
+STATES = {"pending": "pending", "success": "success", "failure": "failed", "error": "canceled"}
+
+
+def _encoded(path: str) -> str:
+    """A project or group path as GitLab's API takes it in a URL (`acme%2Fapp`)."""
+    return quote(path, safe="")
+
+
+class GitLabClient:
+    """Both halves of a forge for GitLab: `ForgeClient` (identity, merge request head, replies)
+    and `ForgeReporting` (commit status, one note per run kept up to date)."""
+
+    def __init__(
+        self, api_url: str, token: str, *, cache_seconds: float = 60.0, backoff: float = 0.5
+    ) -> None:
+        self.http = httpx.AsyncClient(
+            base_url=api_url.rstrip("/"),
+            headers={"PRIVATE-TOKEN": token, "User-Agent": "runner"},
+            timeout=10.0,
+        )
+        self.cache_seconds = cache_seconds
+        self.backoff = backoff
+        self._cache: dict[tuple[str, ...], tuple[float, Any]] = {}
+
+    async def close(self) -> None:
+        await self.http.aclose()
+
+    async def _call(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        delay = self.backoff
+        for attempt in range(4):
+            try:
+                response = await self.http.request(method, path, **kwargs)
+            except httpx.HTTPError as exc:
+                metrics.forge_call("gitlab", None)
+                error: str = f"{type(exc).__name__}"
+                wait = delay
+            else:
+                metrics.forge_call("gitlab", response.status_code)
+                if response.status_code < 500 and response.status_code != 429:
+                    return response
+                error = f"HTTP {response.status_code}"
+                wait = max(delay, _retry_after(response))
+            if attempt < 3:
+                await asyncio.sleep(wait * (1 + random.random()))
+                delay *= 2
+        raise TransientError(f"GitLab {method} {path} failed: {error}")
+
+    async def _cached(self, key: tuple[str, ...], fetch: Any) -> Any:
+        hit = self._cache.get(key)
+        if hit is not None and time.monotonic() - hit[0] < self.cache_seconds:
+            return hit[1]
+        value = await fetch()
+        self._cache[key] = (time.monotonic(), value)
+        return value
+
+    async def _user_id(self, user: str) -> int | None:
+        answer = await self._call("GET", "/users", params={"username": user})
+        if answer.status_code != 200:
+            return None
+        for found in answer.json() or []:
+            if str(found.get("username", "")).lower() == user.lower():
+                return int(found["id"])
+        return None
+
+    async def identity(self, repository: str, user: str, teams: list[str]) -> Identity:
+        """Write access is a role of Developer or more on the project (inherited from its groups
+        too); a team is a GitLab group path (`acme/security`), counted with its subgroups'
+        inherited members."""
+        user_id = await self._cached(("user", user), lambda: self._user_id(user))
+        if user_id is None:
+            return Identity(name=user)
+
+        async def permission() -> bool:
+            answer = await self._call(
+                "GET", f"/projects/{_encoded(repository)}/members/all/{user_id}"
+            )
+            if answer.status_code != 200:
+                return False
+            return int(answer.json().get("access_level") or 0) >= DEVELOPER
+
+        async def member(group: str) -> bool:
+            answer = await self._call("GET", f"/groups/{_encoded(group)}/members/all/{user_id}")
+            return answer.status_code == 200 and answer.json().get("state") == "active"
+
+        can_write = await self._cached(("write", repository, user), permission)
+        found = set()
+        for team in teams:
+            if await self._cached(("team", team, user), lambda t=team: member(t)):
+                found.add(team)
+        return Identity(name=user, teams=frozenset(found), can_write=bool(can_write))
+
+    async def pull_head(self, repository: str, number: int) -> tuple[str, str]:
+        """(head sha, author) of merge request `number` (its iid)."""
+        answer = await self._call(
+            "GET", f"/projects/{_encoded(repository)}/merge_requests/{number}"
+        )
+        if answer.status_code != 200:
+            raise TransientError(
+                f"GitLab: merge request {repository}!{number}: HTTP {answer.status_code}"
+            )
+        data = answer.json()
+        return str(data["sha"]), str(data["author"]["username"])
+
+    async def comment(self, repository: str, number: int, body: str) -> None:
+        answer = await self._call(
+            "POST",
+            f"/projects/{_encoded(repository)}/merge_requests/{number}/notes",
+            json={"body": body},
+        )
+        if answer.status_code >= 300:
+            log.warning("GitLab note on %s!%d: HTTP %d", repository, number, answer.status_code)
+
+    async def status(
+        self, repository: str, sha: str, context: str, state: str, description: str
+    ) -> None:
+        gitlab_state = STATES.get(state)
+        if gitlab_state is None:
+            log.warning("GitLab status on %s@%s: unknown state %r", repository, sha[:12], state)
+            return
+        answer = await self._call(
+            "POST",
+            f"/projects/{_encoded(repository)}/statuses/{sha}",
+            json={"state": gitlab_state, "name": context, "description": description[:140]},
+        )
+        if answer.status_code < 300:
+            return
+        if answer.status_code == 400 and "cannot transition status" in answer.text.lower():
+            # GitLab refuses pending -> pending (and running -> running): already so, a no-op
+            log.debug("GitLab status on %s@%s already %s", repository, sha[:12], gitlab_state)
+            return
+        log.warning(
+            "GitLab status on %s@%s: HTTP %d %s",
+            repository,
+            sha[:12],
+            answer.status_code,
+            answer.text[:200],
+        )
+
+    async def upsert_comment(self, repository: str, number: int, marker: str, body: str) -> None:
+        text = f"{marker}\n{body}"
+        notes_path = f"/projects/{_encoded(repository)}/merge_requests/{number}/notes"
+        page = 1
+        while True:
+            answer = await self._call(
+                "GET",
+                notes_path,
+                params={"per_page": 100, "page": page, "sort": "asc", "order_by": "created_at"},
+            )
+            if answer.status_code != 200:
+                break
+            notes = answer.json()
+            for note in notes:
+                if not note.get("system") and str(note.get("body", "")).startswith(marker):
+                    edited = await self._call(
+                        "PUT", f"{notes_path}/{note['id']}", json={"body": text}
+                    )
+                    if edited.status_code >= 300:
+                        log.warning(
+                            "GitLab note %s on %s!%d: HTTP %d",
+                            note["id"],
+                            repository,
+                            number,
+                            edited.status_code,
+                        )
+                    return
+            if len(notes) < 100:
+                break
+            page += 1
+        await self.comment(repository, number, text)
+
+
+def _retry_after(response: httpx.Response) -> float:
+    """GitLab's `Retry-After` on 429 (seconds), bounded: a long wait is the caller's to make."""
+    try:
+        return min(float(response.headers.get("retry-after", "0")), 10.0)
+    except ValueError:
+        return 0.0

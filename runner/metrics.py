@@ -1,0 +1,148 @@
+"""Prometheus metrics (prometheus-client), all named `runner_*` per Prometheus conventions.
+
+Counters and histograms are updated where things happen; the gauges that describe stored state
+(queue depth, waiting approvals, applied revisions, executor health) are refreshed from the
+store when `/metrics` is scraped, so every replica reports the same shared truth. With
+`PROMETHEUS_MULTIPROC_DIR` set (several web processes behind one port), the multi-process
+collector of prometheus-client merges the processes' files.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+
+DURATIONS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
+
+RUNS = Counter(
+    "runner_runs_total", "Runs finished, by workflow and outcome.", ["workflow", "outcome"]
+)
+RUN_DURATION = Histogram(
+    "runner_run_duration_seconds",
+    "Time from a run's start to its end, by workflow.",
+    ["workflow"],
+    buckets=DURATIONS,
+)
+STEP_DURATION = Histogram(
+    "runner_step_duration_seconds",
+    "Time a step ran, by workflow, agent and outcome.",
+    ["workflow", "agent", "outcome"],
+    buckets=DURATIONS,
+)
+QUEUE = Gauge("runner_runs_queued", "Runs waiting for a worker.", multiprocess_mode="mostrecent")
+RUNNING = Gauge("runner_runs_running", "Runs being worked on.", multiprocess_mode="mostrecent")
+WAITING = Gauge(
+    "runner_approvals_waiting",
+    "Approval gates waiting for a decision.",
+    multiprocess_mode="mostrecent",
+)
+WAITING_AGE = Gauge(
+    "runner_approvals_oldest_wait_seconds",
+    "How long the oldest waiting approval gate has waited (0 when none waits).",
+    multiprocess_mode="mostrecent",
+)
+RECONCILES = Counter(
+    "runner_reconcile_total", "Reconcile passes, by source and outcome.", ["source", "outcome"]
+)
+RECONCILE_DURATION = Histogram(
+    "runner_reconcile_duration_seconds",
+    "Duration of a reconcile pass, by source.",
+    ["source"],
+    buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+)
+SOURCE_READY = Gauge(
+    "runner_source_ready",
+    "1 when the source's last pass left it Ready (its last commit applied), else 0.",
+    ["source"],
+    multiprocess_mode="mostrecent",
+)
+APPLIED = Gauge(
+    "runner_source_applied_revision_info",
+    "The revision each source has applied (value 1).",
+    ["source", "revision"],
+    multiprocess_mode="mostrecent",
+)
+DELIVERIES = Counter(
+    "runner_webhook_deliveries_total",
+    "Webhook deliveries, by forge, event and result (accepted, duplicate, ping, "
+    "bad_signature, too_large, unsupported_media_type, bad_request, unknown_forge, invalid).",
+    ["forge", "event", "result"],
+)
+RATE_LIMITED = Counter(
+    "runner_rate_limited_total", "Requests refused with 429, by endpoint class.", ["endpoint_class"]
+)
+EXECUTOR_UP = Gauge(
+    "runner_executor_up",
+    "1 when the executor's engine answers its health check, else 0.",
+    ["executor"],
+    multiprocess_mode="mostrecent",
+)
+CIRCUIT = Gauge(
+    "runner_executor_circuit_state",
+    "Circuit breaker around the executor: 0 closed, 1 half-open, 2 open.",
+    ["executor"],
+    multiprocess_mode="mostrecent",
+)
+FORGE_CALLS = Counter(
+    "runner_forge_api_calls_total",
+    "Calls to forge APIs, by forge kind and result (ok, client_error, server_error, "
+    "rate_limited, transport_error).",
+    ["forge", "result"],
+)
+
+
+def run_finished(
+    workflow: str, outcome: str, started: float | None, finished: float | None
+) -> None:
+    RUNS.labels(workflow, outcome).inc()
+    if started is not None and finished is not None:
+        RUN_DURATION.labels(workflow).observe(max(0.0, finished - started))
+
+
+def step_finished(
+    workflow: str, agent: str, outcome: str, started: float | None, finished: float | None
+) -> None:
+    if started is not None and finished is not None:
+        STEP_DURATION.labels(workflow, agent, outcome).observe(max(0.0, finished - started))
+
+
+def delivery(forge: str, event: str, result: str) -> None:
+    DELIVERIES.labels(forge, event or "unknown", result).inc()
+
+
+def forge_call(forge: str, status: int | None) -> None:
+    if status is None:
+        result = "transport_error"
+    elif status == 429:
+        result = "rate_limited"
+    elif status >= 500:
+        result = "server_error"
+    elif status >= 400:
+        result = "client_error"
+    else:
+        result = "ok"
+    FORGE_CALLS.labels(forge, result).inc()
+
+
+def waiting(count: int, oldest: float | None) -> None:
+    WAITING.set(count)
+    WAITING_AGE.set(max(0.0, time.time() - oldest) if oldest is not None else 0.0)
+
+
+def exposition() -> tuple[bytes, str]:
+    """The text exposition of every metric (all processes' in multi-process mode)."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        return generate_latest(registry), CONTENT_TYPE_LATEST
+    return generate_latest(), CONTENT_TYPE_LATEST
