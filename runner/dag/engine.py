@@ -19,6 +19,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from runner import metrics
 from runner.dag import graph
 from runner.errors import PermanentError
 from runner.executors.base import Executor, ExecutorUnavailable, StepSpec
@@ -98,6 +99,10 @@ class Engine:
         if run.status in FINISHED or run.status == "waiting_approval":
             return run
         result = await _Execution(self, run).execute()
+        if result.status in FINISHED:
+            metrics.run_finished(
+                result.workflow, result.status, result.started_at, result.finished_at
+            )
         await self.report(result)
         return result
 
@@ -458,5 +463,9 @@ class _Execution:
         if status in graph.DONE:
             self.candidates.update(self.dependents.get(step.id, ()))
         await self.store.save_step(record)
+        if status in graph.DONE and record.started_at is not None:
+            metrics.step_finished(
+                self.run.workflow, step.agent, status, record.started_at, record.finished_at
+            )
         if self.engine.listener is not None:
             self.engine.listener(self.run.id, step.id, status)

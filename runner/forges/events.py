@@ -72,8 +72,16 @@ def _ref_parts(ref: str) -> tuple[str | None, str | None]:
     return None, None
 
 
-def _changed(commits: list[dict[str, Any]] | None) -> tuple[str, ...] | None:
+def _changed(commits: list[dict[str, Any]] | None, total: Any = None) -> tuple[str, ...] | None:
+    """The files a push changed, or None when the payload cannot say: no commits, fewer commits
+    than the push had (GitLab lists the newest 20, Gitea the newest 5 by default), or commits
+    without file lists."""
     if not commits:
+        return None
+    if total is not None and str(total).isdigit() and int(total) > len(commits):
+        return None
+    keys = ("added", "modified", "removed")
+    if any(not any(k in commit for k in keys) for commit in commits):
         return None
     files: set[str] = set()
     for commit in commits:
@@ -99,7 +107,9 @@ def _push(
         ref=str(body.get("ref", "")),
         branch=branch,
         tag=tag,
-        changed_files=_changed(body.get("commits")),
+        changed_files=_changed(
+            body.get("commits"), body.get("total_commits_count", body.get("total_commits"))
+        ),
     )
 
 
@@ -130,8 +140,11 @@ def _gitlab_note(name: str, body: dict[str, Any], full: str, url: str) -> ForgeE
     attrs = body.get("object_attributes") or {}
     mr = body.get("merge_request") or {}
     user = body.get("user") or {}
-    # GitLab sends no action for notes: an edited note has an update time after its creation
-    edited = attrs.get("updated_at") not in (None, attrs.get("created_at"))
+    # GitLab 16.11+ says create/update; older ones: an edited note was updated after creation
+    if "action" in attrs:
+        edited = attrs.get("action") == "update"
+    else:
+        edited = attrs.get("updated_at") not in (None, attrs.get("created_at"))
     if attrs.get("noteable_type") != "MergeRequest" or not mr or edited or user.get("bot"):
         return None
     return ForgeEvent(
@@ -142,7 +155,7 @@ def _gitlab_note(name: str, body: dict[str, Any], full: str, url: str) -> ForgeE
         sha=str((mr.get("last_commit") or {}).get("id", "")),
         actor=str(user.get("username", "")),
         number=int(mr.get("iid") or 0),
-        author=str(mr.get("author_id", "")),
+        author=None,  # the hook names the MR author by id only; pull_head asks for the login
         comment=str(attrs.get("note", "")),
         comment_url=str(attrs.get("url", "")),
     )
@@ -190,6 +203,8 @@ def parse(kind: str, name: str, event_type: str, body: dict[str, Any]) -> ForgeE
         if event_type == "Merge Request Hook":
             attrs = body.get("object_attributes") or {}
             action = str(attrs.get("action", ""))
+            if action == "update" and not attrs.get("oldrev"):
+                action = "edited"  # GitLab sends oldrev only when new code was pushed
             return ForgeEvent(
                 kind="pull_request",
                 forge=name,
@@ -201,6 +216,6 @@ def parse(kind: str, name: str, event_type: str, body: dict[str, Any]) -> ForgeE
                 action=_ACTIONS.get(action, action),
                 number=int(attrs.get("iid") or 0),
                 base_branch=str(attrs.get("target_branch", "")),
-                author=str((body.get("user") or {}).get("username", "")),
+                author=None,  # `user` is who acted; the hook names the MR author by id only
             )
     return None

@@ -12,6 +12,7 @@ from typing import Any
 
 import httpx
 
+from runner import metrics
 from runner.approvals import Identity
 from runner.errors import TransientError
 
@@ -20,6 +21,8 @@ WRITE = frozenset({"admin", "maintain", "write"})
 
 
 class GitHubClient:
+    kind = "github"
+
     def __init__(self, api_url: str, token: str, *, cache_seconds: float = 60.0) -> None:
         self.http = httpx.AsyncClient(
             base_url=api_url.rstrip("/"),
@@ -43,8 +46,10 @@ class GitHubClient:
             try:
                 response = await self.http.request(method, path, **kwargs)
             except httpx.HTTPError as exc:
+                metrics.forge_call(self.kind, None)
                 error: str = f"{type(exc).__name__}"
             else:
+                metrics.forge_call(self.kind, response.status_code)
                 limited = response.status_code == 429 or (
                     response.status_code == 403
                     and response.headers.get("x-ratelimit-remaining") == "0"
@@ -161,6 +166,8 @@ class GitHubReporting:
 class GiteaClient(GitHubClient):
     """Gitea's REST API (`api_url` like https://gitea.example.com/api/v1) has GitHub's shape for
     everything the runner uses but team membership and the token header."""
+
+    kind = "gitea"
 
     def __init__(self, api_url: str, token: str, *, cache_seconds: float = 60.0) -> None:
         super().__init__(api_url, token, cache_seconds=cache_seconds)

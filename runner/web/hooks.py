@@ -18,6 +18,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from runner import metrics
 from runner.forges.base import Verifier, verifier
 from runner.model import Event, RunRequest, Workflow
 from runner.revisions import BundleLoader
@@ -35,6 +36,18 @@ _KEEP = (
     "x-gitlab-instance",
     "x-runner-delivery",
 )
+
+
+_RESULTS = {
+    202: "accepted",
+    200: "duplicate",
+    400: "bad_request",
+    401: "bad_signature",
+    404: "unknown",
+    413: "too_large",
+    415: "unsupported_media_type",
+    422: "invalid",
+}
 
 
 def error(status: int, code: str, message: str) -> JSONResponse:
@@ -104,15 +117,33 @@ class Hooks:
         receiver = self.receivers.get(name)
         if receiver is None:
             known = ", ".join(sorted(self.receivers)) or "none configured"
+            metrics.delivery(name, "unknown", "unknown_forge")
             return error(404, "unknown_forge", f"no forge named {name!r} (forges: {known})")
-        return await self._receive(request, receiver, name)
+        return await self._counted(request, receiver, name)
 
     async def generic_hook(self, request: Request) -> JSONResponse:
         if not self.generic.secrets:
             return error(
                 404, "generic_disabled", "generic webhooks need generic_webhook_secret_env"
             )
-        return await self._receive(request, self.generic, request.path_params["workflow"])
+        return await self._counted(request, self.generic, request.path_params["workflow"])
+
+    async def _counted(self, request: Request, receiver: Receiver, name: str) -> JSONResponse:
+        response = await self._receive(request, receiver, name)
+        headers = request.headers
+        event = (
+            "generic"
+            if receiver.verifier.kind == "generic"
+            else headers.get("x-github-event")
+            or headers.get("x-gitlab-event")
+            or headers.get("x-gitea-event")
+            or "unknown"
+        )
+        result = _RESULTS.get(response.status_code, "error")
+        if response.status_code == 200 and b'"pong"' in response.body:
+            result = "ping"
+        metrics.delivery(receiver.name, event, result)
+        return response
 
     async def _generic_run(
         self, workflow: str, event: Event, body: bytes, *, duplicate: bool
