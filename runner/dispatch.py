@@ -64,6 +64,11 @@ class Dispatcher:
 
     async def handle(self, event: Event) -> list[int]:
         """Act on one stored event; the ids of the runs it requested."""
+        if event.forge == "runner" and event.event_type == "reconcile":  # asked through the API
+            name = str(json.loads(event.body).get("source", ""))
+            log.info("reconcile of %s requested: reconciling now", name)
+            self.nudge_source(name)
+            return []
         kind = self.kinds.get(event.forge)
         if kind is None:
             return []  # generic deliveries request their run when they are received

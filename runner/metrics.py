@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Awaitable, Callable
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -21,6 +22,9 @@ from prometheus_client import (
     generate_latest,
     multiprocess,
 )
+
+from runner.executors.base import Health
+from runner.store.base import Store
 
 DURATIONS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
 
@@ -146,3 +150,18 @@ def exposition() -> tuple[bytes, str]:
         multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
         return generate_latest(registry), CONTENT_TYPE_LATEST
     return generate_latest(), CONTENT_TYPE_LATEST
+
+
+async def refresh(store: Store, executor: str, health: Callable[[], Awaitable[Health]]) -> None:
+    """Set the gauges that describe stored state from the store (at scrape time)."""
+    QUEUE.set(await store.count_runs(status=["queued"]))
+    RUNNING.set(await store.count_runs(status=["running"]))
+    pending = await store.list_approvals(status="pending")
+    waiting(len(pending), min((a.requested_at for a in pending), default=None))
+    APPLIED.clear()
+    for status in await store.list_source_statuses():
+        if status.applied_revision:
+            APPLIED.labels(status.name, status.applied_revision).set(1)
+        ready = any(c.type == "Ready" and c.status for c in status.conditions)
+        SOURCE_READY.labels(status.name).set(1 if ready else 0)
+    EXECUTOR_UP.labels(executor).set(1 if (await health()).ok else 0)

@@ -14,26 +14,31 @@ from pathlib import Path
 
 import uvicorn
 
+from runner import metrics
 from runner.comments import CommentHandler
 from runner.dag.engine import Engine, EngineOptions, Listener
 from runner.dispatch import Dispatcher
 from runner.errors import UsageError
 from runner.executors.base import Executor, open_executor
+from runner.forges.api import ForgeClient, ForgeReporting
 from runner.forges.base import verifier
 from runner.forges.github import GiteaClient, GitHubClient, GitHubReporting
+from runner.forges.gitlab import GitLabClient
 from runner.model import Bundle
 from runner.prcheck import PullRequestCheck
 from runner.reporting import Reporter
 from runner.revisions import BundleLoader
 from runner.scheduler import Scheduler
-from runner.settings import Settings
+from runner.settings import Settings, secret_values
 from runner.source.git import GitSource, GitSourceConfig
 from runner.source.local import DirectorySource
 from runner.source.reconciler import Reconciler, Source
 from runner.spec.repo import builtin_agents
 from runner.spec.timing import parse_duration
 from runner.store.base import Store, open_store
+from runner.web.api import Api
 from runner.web.app import Check, create_app
+from runner.web.auth import load_tokens
 from runner.web.hooks import Hooks, Receiver
 from runner.worker import WorkerPool
 from runner.workspace import Workspaces
@@ -131,32 +136,33 @@ def build_sources(settings: Settings) -> list[Source]:
     return sources
 
 
-def secret_values(env_name: str | None, file_name: str | None) -> list[str]:
-    """Secrets named by an environment variable (comma-separated) or a file (one per line):
-    several at once while one is being rotated."""
-    raw = ""
-    if env_name:
-        raw = os.environ.get(env_name, "").replace(",", "\n")
-    elif file_name:
-        raw = Path(file_name).read_text(encoding="utf-8")
-    return [line.strip() for line in raw.splitlines() if line.strip()]
-
-
-def github_clients(settings: Settings) -> dict[str, GitHubClient]:
-    """API clients of the GitHub and Gitea forges that have a token (needed to act on PR
-    comments and to report back)."""
-    clients: dict[str, GitHubClient] = {}
+def forge_clients(
+    settings: Settings,
+) -> tuple[dict[str, ForgeClient], dict[str, ForgeReporting]]:
+    """API clients of the forges that have a token (needed to act on PR comments and to report
+    back): what to ask, and how to report, by forge name."""
+    clients: dict[str, ForgeClient] = {}
+    reporting: dict[str, ForgeReporting] = {}
     for forge in settings.forges:
-        kind = forge.get("kind")
+        kind, name = forge.get("kind"), str(forge["name"])
         token = secret_values(forge.get("token_env"), forge.get("token_file"))
-        if kind not in ("github", "gitea") or not token:
+        if not token:
             continue
-        if kind == "gitea" and not forge.get("api_url"):
-            raise UsageError(f"forge {forge['name']!r}: a Gitea forge needs api_url (.../api/v1)")
+        if kind in ("gitea", "gitlab") and not forge.get("api_url"):
+            example = (
+                "https://gitea.example.com/api/v1"
+                if kind == "gitea"
+                else "https://gitlab.example.com/api/v4"
+            )
+            raise UsageError(f"forge {name!r}: a {kind} forge needs api_url (like {example})")
+        if kind == "gitlab":
+            gitlab = GitLabClient(str(forge["api_url"]), token[0])
+            clients[name], reporting[name] = gitlab, gitlab
+            continue
         api = str(forge.get("api_url", "https://api.github.com"))
-        client_type = GitHubClient if kind == "github" else GiteaClient
-        clients[str(forge["name"])] = client_type(api, token[0])
-    return clients
+        client = (GitHubClient if kind == "github" else GiteaClient)(api, token[0])
+        clients[name], reporting[name] = client, GitHubReporting(client)
+    return clients, reporting
 
 
 def receivers(settings: Settings) -> dict[str, Receiver]:
@@ -189,8 +195,7 @@ async def serve(settings: Settings, *, role: str, stop: asyncio.Event, grace: fl
         found = by_name.get(source)
         return found.agents_root(revision) if found else None
 
-    clients = github_clients(settings)
-    reporting = {name: GitHubReporting(client) for name, client in clients.items()}
+    clients, reporting = forge_clients(settings)
     reporter = Reporter(reporting)
     kinds = {str(f["name"]): str(f["kind"]) for f in settings.forges}
     async with runtime(settings, roots=roots, reporter=reporter) as rt:
@@ -233,10 +238,18 @@ async def serve(settings: Settings, *, role: str, stop: asyncio.Event, grace: fl
             return health.ok, health.detail
 
         async def sources_ready() -> tuple[bool, str]:
-            statuses = await rt.store.list_source_statuses()
-            applied = [s.name for s in statuses if s.applied_revision]
-            missing = [s.name for s in sources if s.name not in applied]
-            return (not missing, "all applied" if not missing else f"not applied yet: {missing}")
+            statuses = {s.name: s for s in await rt.store.list_source_statuses()}
+            states, missing = [], []
+            for source in sources:
+                status = statuses.get(source.name)
+                if status is None or not status.applied_revision:
+                    missing.append(source.name)
+                    states.append(f"{source.name}: nothing applied yet")
+                    continue
+                stalled = [c for c in status.conditions if c.type == "Stalled" and c.status]
+                state = f"stalled ({stalled[0].reason})" if stalled else "ready"
+                states.append(f"{source.name}: {status.applied_revision[:12]} applied, {state}")
+            return not missing, "; ".join(states)
 
         checks: dict[str, Check] = {"store": store_ready, "executor": executor_ready}
         if sources:
@@ -253,9 +266,26 @@ async def serve(settings: Settings, *, role: str, stop: asyncio.Event, grace: fl
             max_body=settings.listen.max_body_bytes,
             on_stored=stored,
         )
+        api = Api(
+            rt.store,
+            rt.engine.loader,
+            load_tokens(settings.api),
+            source_names=[str(s["name"]) for s in settings.sources] or ["main"],
+            on_requested=stored,
+        )
+        app = create_app(
+            checks,
+            hooks=hooks,
+            api=api,
+            refresh_metrics=lambda: metrics.refresh(
+                rt.store, settings.executor.kind, rt.executor.health
+            ),
+            rate_limits=settings.rate_limits,
+            trusted_proxies=settings.trusted_proxies,
+        )
         server = _Server(
             uvicorn.Config(
-                create_app(checks, hooks=hooks),
+                app,
                 host=settings.listen.host,
                 port=settings.listen.port,
                 log_level="warning",

@@ -77,6 +77,17 @@ class ConfigInvalid(UsageError):
         super().__init__("invalid configuration:\n" + "\n".join(f"  {e}" for e in errors))
 
 
+def secret_values(env_name: str | None, file_name: str | None) -> list[str]:
+    """Secrets named by an environment variable (comma-separated) or a file (one per line):
+    several at once while one is being rotated."""
+    raw = ""
+    if env_name:
+        raw = os.environ.get(env_name, "").replace(",", "\n")
+    elif file_name:
+        raw = Path(file_name).read_text(encoding="utf-8")
+    return [line.strip() for line in raw.splitlines() if line.strip()]
+
+
 @cache
 def config_schema() -> dict[str, Any]:
     text = resources.files("runner").joinpath("schemas", "config.schema.json").read_text("utf-8")

@@ -1,22 +1,39 @@
-"""The HTTP service: health, readiness and webhook receivers (the API and the UI come later)."""
+"""The HTTP service: health and readiness, webhook receivers, the REST API and its description,
+Prometheus metrics; rate limits in front of all of it."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+import logging
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from typing import Any
 
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from runner import metrics
+from runner.web.api import Api
+from runner.web.errors import HANDLERS
 from runner.web.hooks import Hooks
+from runner.web.openapi import description
+from runner.web.ratelimit import RateLimits
 
+log = logging.getLogger(__name__)
 Check = Callable[[], Awaitable[tuple[bool, str]]]
 
 
 def create_app(
-    checks: dict[str, Check], *, hooks: Hooks | None = None, deadline: float = 2.0
+    checks: dict[str, Check],
+    *,
+    hooks: Hooks | None = None,
+    api: Api | None = None,
+    refresh_metrics: Callable[[], Awaitable[None]] | None = None,
+    rate_limits: Mapping[str, Any] | None = None,
+    trusted_proxies: Iterable[str] = (),
+    deadline: float = 2.0,
 ) -> Starlette:
     async def healthz(request: Request) -> JSONResponse:
         return JSONResponse({"status": "ok"})
@@ -32,9 +49,42 @@ def create_app(
                 ok, detail = False, f"{type(exc).__name__}: {exc}"
             results[name] = {"ok": ok, "detail": detail}
         ready = all(r["ok"] for r in results.values())
+        if not ready:
+            log.warning(
+                "not ready: %s", {k: v["detail"] for k, v in results.items() if not v["ok"]}
+            )
         return JSONResponse({"ready": ready, "checks": results}, status_code=200 if ready else 503)
 
-    routes = [Route("/healthz", healthz), Route("/readyz", readyz)]
+    async def scrape(request: Request) -> Response:
+        if refresh_metrics is not None:
+            try:
+                await asyncio.wait_for(refresh_metrics(), timeout=deadline)
+            except Exception as exc:  # stale gauges beat no metrics at all
+                log.warning("refreshing metrics from the store: %s", exc)
+        body, kind = metrics.exposition()
+        return Response(body, media_type=kind)
+
+    spec = description()
+
+    async def openapi(request: Request) -> JSONResponse:
+        return JSONResponse(spec)
+
+    routes = [
+        Route("/healthz", healthz),
+        Route("/readyz", readyz),
+        Route("/metrics", scrape),
+        Route("/openapi.json", openapi),
+    ]
     if hooks is not None:
         routes += hooks.routes()
-    return Starlette(routes=routes)
+    if api is not None:
+        routes += api.routes()
+    middleware = [
+        Middleware(
+            RateLimits,
+            config=dict(rate_limits or {}),
+            trusted_proxies=trusted_proxies,
+            on_limited=lambda kind: metrics.RATE_LIMITED.labels(kind).inc(),
+        )
+    ]
+    return Starlette(routes=routes, middleware=middleware, exception_handlers=HANDLERS)

@@ -1,0 +1,132 @@
+"""Rate limits and readiness over real HTTP: burst then 429 with its headers, refill, one bucket
+per client, X-Forwarded-For only from trusted proxies, the allowlist, and /readyz flipping
+when the real PostgreSQL server stops and recovering when it returns."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from runner.web.ratelimit import RateLimits, endpoint_class
+from tests.pg import LocalCluster
+from tests.test_serve import wait_for
+from tests.web.service import serve
+
+TOKENS = {"T_VIEWER": "viewer-t0ken-limits-1", "T_OP": "operator-t0ken-limits-2"}
+CONFIG = """\
+api:
+  tokens:
+    - {name: viewer, role: viewer, token_env: T_VIEWER}
+    - {name: op, role: operator, token_env: T_OP}
+rate_limits: {reads: 5/second, writes: 2/minute, webhooks: 3/minute, allow: [10.9.0.0/16]}
+trusted_proxies: [127.0.0.1/32]
+"""
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    with serve(tmp_path_factory.mktemp("limits"), CONFIG, TOKENS) as url:
+        yield url
+
+
+def get(base: str, client: str, path: str = "/api/runs") -> httpx.Response:
+    return httpx.get(
+        base + path,
+        headers={"Authorization": f"Bearer {TOKENS['T_VIEWER']}", "X-Forwarded-For": client},
+    )
+
+
+def test_a_burst_is_refused_with_429_and_refills(base: str) -> None:
+    time.sleep(1.1)  # a fresh window for this client
+    answers = [get(base, "203.0.113.7") for _ in range(5)]
+    assert [a.status_code for a in answers] == [200] * 5
+    assert [a.headers["ratelimit-remaining"] for a in answers] == ["4", "3", "2", "1", "0"]
+    assert answers[0].headers["ratelimit-limit"] == "5"
+    refused = get(base, "203.0.113.7")
+    assert refused.status_code == 429
+    assert int(refused.headers["retry-after"]) >= 1
+    assert refused.headers["ratelimit-remaining"] == "0"
+    assert int(refused.headers["ratelimit-reset"]) <= 1
+    assert refused.json()["error"]["code"] == "rate_limited"
+    assert get(base, "203.0.113.8").status_code == 200  # another client, its own bucket
+    time.sleep(1.1)
+    assert get(base, "203.0.113.7").status_code == 200  # refilled
+
+
+def test_classes_are_separate_and_health_is_never_limited(base: str) -> None:
+    for _ in range(3):
+        assert httpx.post(base + "/hooks/none", content=b"{}").status_code == 404
+    assert httpx.post(base + "/hooks/none", content=b"{}").status_code == 429
+    headers = {"Authorization": f"Bearer {TOKENS['T_OP']}"}
+    writes = [httpx.post(base + "/api/runs/1/cancel", headers=headers) for _ in range(3)]
+    assert [w.status_code for w in writes] == [404, 404, 429]
+    assert get(base, "198.51.100.1").status_code == 200  # reads have their own allowance
+    assert all(httpx.get(base + "/healthz").status_code == 200 for _ in range(20))
+    text = httpx.get(base + "/metrics").text
+    assert 'runner_rate_limited_total{endpoint_class="webhooks"} 1.0' in text
+    assert 'runner_rate_limited_total{endpoint_class="writes"} 1.0' in text
+
+
+def test_the_allowlist_bypasses_the_limits(base: str) -> None:
+    answers = [get(base, "10.9.4.2") for _ in range(12)]
+    assert {a.status_code for a in answers} == {200}
+    assert "ratelimit-limit" not in answers[-1].headers
+
+
+def scope(peer: str, forwarded: str | None = None) -> dict[str, object]:
+    headers = [(b"x-forwarded-for", forwarded.encode())] if forwarded else []
+    return {"type": "http", "client": (peer, 5000), "headers": headers}
+
+
+def test_forwarded_for_is_believed_only_from_trusted_proxies() -> None:
+    limits = RateLimits(
+        lambda s, r, t: None,  # type: ignore[arg-type, return-value]
+        config={},
+        trusted_proxies=["10.0.0.0/8"],
+    )
+    assert limits.client(scope("203.0.113.9", "1.2.3.4")) == "203.0.113.9"  # not a proxy
+    assert limits.client(scope("10.1.1.1", "1.2.3.4")) == "1.2.3.4"
+    # the right-most address that is not itself a trusted proxy; a client cannot spoof past it
+    assert limits.client(scope("10.1.1.1", "6.6.6.6, 1.2.3.4, 10.2.2.2")) == "1.2.3.4"
+    assert limits.client(scope("10.1.1.1")) == "10.1.1.1"
+
+
+def test_endpoint_classes() -> None:
+    assert endpoint_class("POST", "/hooks/github") == "webhooks"
+    assert endpoint_class("POST", "/api/workflows/a/runs") == "triggers"
+    assert endpoint_class("POST", "/api/runs/1/cancel") == "writes"
+    assert endpoint_class("GET", "/api/runs") == "reads"
+    assert endpoint_class("GET", "/healthz") is None
+    assert endpoint_class("GET", "/metrics") is None
+
+
+@pytest.fixture
+def own_cluster() -> Iterator[LocalCluster]:
+    local = LocalCluster()  # its own server: the test stops and starts it
+    local.start()
+    try:
+        yield local
+    finally:
+        local.remove()
+
+
+def test_readiness_follows_the_database(tmp_path: Path, own_cluster: LocalCluster) -> None:
+    config = f"database: {{url: '{own_cluster.url}', connect_timeout: 2}}\n"
+    with serve(tmp_path, config, {}, ready=True) as url:
+        ready = httpx.get(url + "/readyz").json()
+        assert ready["ready"] is True
+        assert ready["checks"]["store"] == {"ok": True, "detail": "migrations current"}
+        own_cluster.stop()
+        down = httpx.get(url + "/readyz", timeout=10)
+        assert down.status_code == 503
+        body = down.json()
+        assert body["ready"] is False
+        assert body["checks"]["store"]["ok"] is False
+        assert body["checks"]["executor"]["ok"] is True  # it names what failed, not everything
+        assert httpx.get(url + "/healthz").status_code == 200  # alive, just not ready
+        own_cluster.start()
+        wait_for(lambda: httpx.get(url + "/readyz", timeout=10).status_code == 200, timeout=60)
