@@ -34,6 +34,8 @@ bench: $(STAMP)
 	$(BIN)/python bench/validate.py
 	$(BIN)/python bench/store.py
 	$(BIN)/python bench/engine.py
+	$(BIN)/python bench/webhooks.py
+	$(BIN)/python bench/reconcile.py
 
 clean:
 	rm -rf $(VENV) .bench-venv build dist .mypy_cache .pytest_cache .ruff_cache
