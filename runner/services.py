@@ -36,6 +36,8 @@ from runner.source.reconciler import Reconciler, Source
 from runner.spec.repo import builtin_agents
 from runner.spec.timing import parse_duration
 from runner.store.base import Store, open_store
+from runner.store.batch import EventWriter
+from runner.store.sql import SqlStore
 from runner.web.api import Api
 from runner.web.app import Check, create_app
 from runner.web.auth import load_tokens
@@ -265,6 +267,7 @@ async def serve(settings: Settings, *, role: str, stop: asyncio.Event, grace: fl
             generic_secrets=secret_values(settings.generic_webhook_secret_env, None),
             max_body=settings.listen.max_body_bytes,
             on_stored=stored,
+            writer=EventWriter(rt.store) if isinstance(rt.store, SqlStore) else None,
         )
         api = Api(
             rt.store,

@@ -57,16 +57,11 @@ class _SqliteTx:
         return count
 
     async def one(self, sql: str, params: Sequence[Any] = ()) -> tuple[Any, ...] | None:
-        cursor = await self.conn.execute(sql, tuple(params))
-        row = await cursor.fetchone()
-        await cursor.close()
-        return tuple(row) if row is not None else None
+        found = list(await self.conn.execute_fetchall(sql, tuple(params)))  # one thread hop
+        return tuple(found[0]) if found else None
 
     async def all(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        cursor = await self.conn.execute(sql, tuple(params))
-        rows = await cursor.fetchall()
-        await cursor.close()
-        return [tuple(r) for r in rows]
+        return [tuple(r) for r in await self.conn.execute_fetchall(sql, tuple(params))]
 
     async def many(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
         if rows:

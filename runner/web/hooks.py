@@ -20,11 +20,12 @@ from starlette.routing import Route
 
 from runner import metrics
 from runner.forges.base import Verifier, verifier
-from runner.model import Event, RunRequest, Workflow
+from runner.model import RunRequest, Workflow
 from runner.revisions import BundleLoader
 from runner.spec.inputs import InputsInvalid, resolve_inputs
 from runner.spec.repo import builtin_agents
 from runner.store.base import Store
+from runner.store.batch import EventWriter, Stored
 
 log = logging.getLogger(__name__)
 MAX_BODY = 5 * 1024 * 1024
@@ -96,8 +97,10 @@ class Hooks:
         generic_secrets: Sequence[str] = (),
         max_body: int = MAX_BODY,
         on_stored: Callable[[], None] | None = None,
+        writer: EventWriter | None = None,
     ) -> None:
         self.store = store
+        self.writer = writer  # group commit of deliveries; without it, one transaction each
         self.loader = BundleLoader(store.revision_documents, builtin_agents())
         self.receivers = dict(receivers)
         self.generic = Receiver(
@@ -146,7 +149,7 @@ class Hooks:
         return response
 
     async def _generic_run(
-        self, workflow: str, event: Event, body: bytes, *, duplicate: bool
+        self, workflow: str, event_id: int, delivery_id: str, body: bytes, *, duplicate: bool
     ) -> JSONResponse:
         """The body is the run's inputs: checked against the workflow's schema (422), then the
         run is requested, once per delivery."""
@@ -170,17 +173,17 @@ class Hooks:
                 workflow=workflow,
                 source=source,
                 revision=revision,
-                idempotency_key=f"generic:{workflow}:{event.delivery_id}",
-                trigger={"event": "webhook", "actor": "webhook", "delivery": event.delivery_id},
+                idempotency_key=f"generic:{workflow}:{delivery_id}",
+                trigger={"event": "webhook", "actor": "webhook", "delivery": delivery_id},
                 inputs=inputs,
             )
         )
         if duplicate:
-            return JSONResponse({"status": "duplicate", "event": event.id, "run": run.id})
+            return JSONResponse({"status": "duplicate", "event": event_id, "run": run.id})
         if self.on_stored is not None:
             self.on_stored()
         return JSONResponse(
-            {"status": "accepted", "event": event.id, "run": run.id}, status_code=202
+            {"status": "accepted", "event": event_id, "run": run.id}, status_code=202
         )
 
     async def _webhook_workflow(self, name: str) -> tuple[str, str, Workflow] | None:
@@ -192,6 +195,20 @@ class Hooks:
             if spec is not None and any(t.kind == "webhook" for t in spec.triggers):
                 return status.name, status.applied_revision, spec
         return None
+
+    async def _add(
+        self,
+        *,
+        forge: str,
+        delivery_id: str,
+        event_type: str,
+        headers: Mapping[str, str],
+        body: bytes,
+    ) -> Stored:
+        event, new = await self.store.add_event(
+            forge=forge, delivery_id=delivery_id, event_type=event_type, headers=headers, body=body
+        )
+        return Stored(event.id, new)
 
     async def _receive(self, request: Request, receiver: Receiver, name: str) -> JSONResponse:
         try:
@@ -220,7 +237,8 @@ class Hooks:
         )
         if delivery.event_type == "ping":
             return JSONResponse({"status": "pong"})
-        event, new = await self.store.add_event(
+        add = self.writer.add if self.writer is not None else self._add
+        stored = await add(
             forge=delivery.forge,
             delivery_id=delivery.delivery_id,
             event_type=delivery.event_type,
@@ -228,9 +246,11 @@ class Hooks:
             body=body,
         )
         if receiver.verifier.kind == "generic":  # a redelivery finds the same run
-            return await self._generic_run(name, event, body, duplicate=not new)
-        if not new:
-            return JSONResponse({"status": "duplicate", "event": event.id}, status_code=200)
+            return await self._generic_run(
+                name, stored.id, delivery.delivery_id, body, duplicate=not stored.new
+            )
+        if not stored.new:
+            return JSONResponse({"status": "duplicate", "event": stored.id}, status_code=200)
         if self.on_stored is not None:
             self.on_stored()
-        return JSONResponse({"status": "accepted", "event": event.id}, status_code=202)
+        return JSONResponse({"status": "accepted", "event": stored.id}, status_code=202)

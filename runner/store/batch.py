@@ -1,0 +1,103 @@
+"""Group commit for webhook deliveries: deliveries that arrive while a write is in flight are
+stored together in the next transaction, so a burst costs one commit per batch instead of one
+per delivery. Each caller still gets its answer only after its row is committed: a delivery is
+durable before it is acknowledged."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from runner.store import rows
+from runner.store.sql import SqlStore, Tx
+
+
+@dataclass(frozen=True)
+class Stored:
+    id: int
+    new: bool  # False: a delivery with this (forge, delivery id) was stored before
+
+
+_Item = tuple[tuple[str, str, str, str, bytes, float], "asyncio.Future[Stored]"]
+
+
+class EventWriter:
+    def __init__(self, store: SqlStore, *, max_batch: int = 128) -> None:
+        self.store = store
+        self.max_batch = max_batch
+        self._pending: list[_Item] = []
+        self._flushing = False
+        self._task: asyncio.Future[None] | None = None
+
+    async def add(
+        self,
+        *,
+        forge: str,
+        delivery_id: str,
+        event_type: str,
+        headers: Mapping[str, str],
+        body: bytes,
+    ) -> Stored:
+        """Store a delivery (deduplicated on forge and delivery id) once it is committed."""
+        future: asyncio.Future[Stored] = asyncio.get_running_loop().create_future()
+        values = (
+            forge,
+            delivery_id,
+            event_type,
+            rows.dumps(dict(headers)),
+            body,
+            self.store.clock(),
+        )
+        self._pending.append((values, future))
+        if not self._flushing:
+            self._flushing = True
+            self._task = asyncio.ensure_future(self._flush())
+        return await asyncio.shield(future)  # a caller that goes away does not undo the write
+
+    async def _flush(self) -> None:
+        try:
+            while self._pending:
+                batch = self._pending[: self.max_batch]
+                del self._pending[: self.max_batch]
+
+                async def write(tx: Tx, batch: list[_Item] = batch) -> list[Stored]:
+                    return await self._write(tx, batch)
+
+                try:
+                    stored = await self.store._in_tx(write)
+                except Exception as exc:  # every caller of the batch hears of it
+                    for _, future in batch:
+                        if not future.done():
+                            future.set_exception(exc)
+                else:
+                    for (_, future), result in zip(batch, stored, strict=True):
+                        if not future.done():
+                            future.set_result(result)
+        finally:
+            self._flushing = False
+
+    @staticmethod
+    async def _write(tx: Tx, batch: list[_Item]) -> list[Stored]:
+        """One multi-row insert for the batch; a delivery seen before (in an earlier batch or
+        earlier in this one) is answered with the first one's id."""
+        marks = ", ".join("(?, ?, ?, ?, ?, ?)" for _ in batch)
+        inserted = await tx.all(
+            "INSERT INTO events (forge, delivery_id, event_type, headers, body, received_at)"
+            f" VALUES {marks} ON CONFLICT (forge, delivery_id) DO NOTHING"
+            " RETURNING id, forge, delivery_id",
+            [value for values, _ in batch for value in values],
+        )
+        new = {(str(forge), str(delivery)): int(i) for i, forge, delivery in inserted}
+        out = []
+        for values, _ in batch:
+            key = (values[0], values[1])
+            if key in new:
+                out.append(Stored(new.pop(key), True))
+                continue
+            existing = await tx.one(
+                "SELECT id FROM events WHERE forge = ? AND delivery_id = ?", key
+            )
+            assert existing is not None
+            out.append(Stored(int(existing[0]), False))
+        return out
