@@ -1,11 +1,16 @@
 """Per-run workspaces: the trigger's repository checked out at its sha (pygit2), one folder per
-run, removed when the run ends (kept after a failure when configured)."""
+run, removed when the run ends (kept after a failure when configured). Repositories are fetched
+into a mirror per clone URL next to the workspaces (`clones/`), and a workspace borrows the
+mirror's objects, so starting a run costs writing its files, not cloning the history."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import hashlib
 import logging
 import shutil
+import threading
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -28,12 +33,48 @@ def head_of(path: Path) -> tuple[str, str]:
     return str(repo.head.target), repo.head.name
 
 
-def _checkout(clone_url: str, sha: str, dest: Path) -> None:
-    repo = pygit2.clone_repository(clone_url, str(dest))
+_locks: dict[str, threading.Lock] = {}
+
+
+def _has(repo: pygit2.Repository, sha: str) -> bool:
     try:
-        commit = repo.revparse_single(sha).peel(pygit2.Commit)
-    except (KeyError, ValueError) as exc:
-        raise PermanentError(f"commit {sha} is not in {clone_url}") from exc
+        return repo.get(sha) is not None
+    except ValueError:
+        return False
+
+
+def _mirror(cache: Path, clone_url: str, sha: str) -> pygit2.Repository:
+    """A bare mirror of `clone_url` under `cache` that holds `sha`: fetched only when it does
+    not yet (branches and tags, then the commit itself for heads no branch names, like a pull
+    request from a fork)."""
+    path = cache / (hashlib.sha256(clone_url.encode()).hexdigest()[:16] + ".git")
+    with _locks.setdefault(str(path), threading.Lock()):
+        if path.exists():
+            repo = pygit2.Repository(str(path))
+        else:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            repo = pygit2.init_repository(str(path), bare=True)
+        if not _has(repo, sha):
+            remote = repo.remotes.create_anonymous(clone_url)
+            remote.fetch(["+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*"])
+            if not _has(repo, sha):
+                with contextlib.suppress(pygit2.GitError):  # servers may refuse a bare sha
+                    remote.fetch([sha])
+        return repo
+
+
+def _checkout(clone_url: str, sha: str, dest: Path, cache: Path) -> None:
+    """`dest` becomes a checkout of `sha` whose objects live in the mirror (git alternates):
+    only the files are written, never a copy of the history. `origin` is `clone_url`."""
+    mirror = _mirror(cache, clone_url, sha)
+    if not _has(mirror, sha):
+        raise PermanentError(f"commit {sha} is not in {clone_url}")
+    pygit2.init_repository(str(dest))
+    alternates = dest / ".git" / "objects" / "info" / "alternates"
+    alternates.write_text(str(Path(mirror.path).resolve() / "objects") + "\n")
+    repo = pygit2.Repository(str(dest))
+    repo.remotes.create("origin", clone_url)
+    commit = repo.revparse_single(sha).peel(pygit2.Commit)
     repo.checkout_tree(commit, strategy=pygit2.enums.CheckoutStrategy.FORCE)  # type: ignore[no-untyped-call]
     repo.set_head(commit.id)
 
@@ -56,7 +97,8 @@ class Workspaces:
         if clone_url and sha:
             partial = path.with_name(path.name + ".partial")
             shutil.rmtree(partial, ignore_errors=True)
-            await asyncio.to_thread(_checkout, str(clone_url), str(sha), partial)
+            cache = self.root.parent / "clones"
+            await asyncio.to_thread(_checkout, str(clone_url), str(sha), partial, cache)
             partial.rename(path)
         else:
             path.mkdir()

@@ -1,0 +1,64 @@
+"""Run workspaces: a checkout of the trigger's commit that borrows its objects from a mirror per
+repository, usable by git itself (agents commit and push from it)."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from runner.errors import PermanentError
+from runner.workspace import Workspaces
+from tests.source.test_reconciler import git
+
+pytestmark = pytest.mark.anyio
+
+
+def commit(work: Path, name: str, text: str) -> str:
+    (work / name).write_text(text)
+    git(work, "add", "-A")
+    git(work, "commit", "-q", "-m", name)
+    return git(work, "rev-parse", "HEAD")
+
+
+async def test_checkouts_share_one_mirror_and_work_with_git(tmp_path: Path) -> None:
+    app = tmp_path / "app"
+    git(tmp_path, "init", "-q", "-b", "main", str(app))
+    first = commit(app, "a.txt", "one\n")
+    spaces = Workspaces(tmp_path / "data" / "workspaces")
+
+    one = await spaces.prepare(1, {"clone_url": str(app), "sha": first})
+    assert (one / "a.txt").read_text() == "one\n"
+    assert git(one, "rev-parse", "HEAD") == first
+    assert git(one, "remote", "get-url", "origin") == str(app)
+    assert git(one, "status", "--porcelain") == ""  # a clean checkout, as git sees it
+    assert not any((one / ".git" / "objects" / "pack").iterdir())  # history not copied
+
+    second = commit(app, "b.txt", "two\n")  # the mirror fetches what it lacks
+    git(app, "checkout", "-q", "-b", "side")
+    side = commit(app, "c.txt", "side\n")
+    git(app, "checkout", "-q", "main")
+    two = await spaces.prepare(2, {"clone_url": str(app), "sha": second})
+    three = await spaces.prepare(3, {"clone_url": str(app), "sha": side})
+    assert sorted(p.name for p in two.iterdir() if p.name != ".git") == ["a.txt", "b.txt"]
+    assert (three / "c.txt").is_file()
+    assert len(list((tmp_path / "data" / "clones").iterdir())) == 1
+
+    commit(two, "fix.txt", "agent change\n")  # what the patcher does
+    git(two, "push", "-q", "origin", "HEAD:refs/heads/runner-fix")
+    assert git(app, "log", "-1", "--format=%s", "runner-fix") == "fix.txt"
+
+    await spaces.release(2, failed=False)
+    assert not two.exists()
+    assert (one / "a.txt").is_file()  # the others are untouched
+
+
+async def test_an_unknown_commit_is_a_permanent_error(tmp_path: Path) -> None:
+    app = tmp_path / "app"
+    git(tmp_path, "init", "-q", "-b", "main", str(app))
+    commit(app, "a.txt", "one\n")
+    spaces = Workspaces(tmp_path / "ws")
+    with pytest.raises(PermanentError, match="is not in"):
+        await spaces.prepare(1, {"clone_url": str(app), "sha": "ab" * 20})
+    assert subprocess.run(["ls", str(tmp_path / "ws")], capture_output=True).returncode == 0
