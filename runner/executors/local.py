@@ -123,6 +123,7 @@ class LocalExecutor:
             "--proc", "/proc",
             "--tmpfs", "/tmp",
             *self._python_binds(),
+            *self._alternates(step.workspace),
             "--ro-bind", agent_dir, agent_dir,
             "--bind", str(step.workspace), str(step.workspace),
             "--bind", str(io), str(io),
@@ -142,6 +143,19 @@ class LocalExecutor:
         for prefix in sorted({sys.prefix, sys.base_prefix, sys.exec_prefix}):
             if prefix.startswith("/tmp"):
                 binds += ["--ro-bind", prefix, prefix]
+        return binds
+
+    @staticmethod
+    def _alternates(workspace: Path) -> list[str]:
+        """A workspace borrows git objects from a mirror (`.git/objects/info/alternates`); the
+        mirror may sit under the sandbox's fresh /tmp: bind it back, read-only."""
+        listing = workspace / ".git" / "objects" / "info" / "alternates"
+        if not listing.is_file():
+            return []
+        binds: list[str] = []
+        for line in listing.read_text(encoding="utf-8").splitlines():
+            if line.strip() and os.path.isdir(line.strip()):
+                binds += ["--ro-bind", line.strip(), line.strip()]
         return binds
 
     def _environment(self, step: StepSpec, io: Path) -> dict[str, str]:
