@@ -12,11 +12,12 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from runner import logs
 from runner.cli_common import config_option, output_option, when
 from runner.errors import PermanentError, TransientError, UsageError
 from runner.model import SourceStatus
 from runner.services import build_sources, runtime, serve
-from runner.settings import Settings, load_settings
+from runner.settings import Settings, known_secrets, load_settings
 from runner.source.reconciler import Reconciler
 
 
@@ -34,6 +35,11 @@ from runner.source.reconciler import Reconciler
 def serve_command(config_path: str | None, role: str, grace: float) -> None:
     """The service: reconcilers and scheduler and workers (worker), HTTP (web), or all."""
     settings = load_settings(config_path)
+    logs.configure(
+        format=settings.logging.format,
+        level=settings.logging.level,
+        secrets=known_secrets(settings),
+    )
     try:
         asyncio.run(_serve(settings, role, grace))
     except UsageError as exc:

@@ -14,6 +14,7 @@ import logging
 import re
 from collections.abc import Callable, Mapping
 
+from runner import logs
 from runner.comments import CommentHandler
 from runner.forges.events import ForgeEvent, parse
 from runner.model import Event, RunRequest
@@ -138,7 +139,8 @@ class Dispatcher:
             try:
                 for event in await self.store.claim_events(node, 60.0, 20):
                     try:
-                        await self.handle(event)
+                        with logs.context(delivery=event.delivery_id, forge=event.forge):
+                            await self.handle(event)
                     except Exception as exc:  # one bad event never stops the others
                         log.warning(
                             "event %d (%s %s): %s", event.id, event.forge, event.event_type, exc

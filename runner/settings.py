@@ -24,7 +24,7 @@ from runner.spec.schema import translate
 from runner.spec.yaml import Document, load_bytes, pointer_of
 
 DEFAULT_FILE = "runner.yaml"
-_SECTIONS = ("database", "listen", "executor", "rate_limits")
+_SECTIONS = ("database", "listen", "executor", "rate_limits", "logging")
 _SOURCE_SHORTHAND = ("URL", "BRANCH", "PATH", "INTERVAL")
 
 
@@ -52,6 +52,12 @@ class ExecutorSettings:
 
 
 @dataclass(frozen=True, kw_only=True)
+class LoggingSettings:
+    format: str = "console"
+    level: str = "info"
+
+
+@dataclass(frozen=True, kw_only=True)
 class Settings:
     """Validated configuration. Sections later parts of the runner own stay plain mappings
     (validated by the schema) until those parts give them a record of their own."""
@@ -59,6 +65,7 @@ class Settings:
     database: DatabaseSettings = field(default_factory=DatabaseSettings)
     listen: ListenSettings = field(default_factory=ListenSettings)
     executor: ExecutorSettings = field(default_factory=ExecutorSettings)
+    logging: LoggingSettings = field(default_factory=LoggingSettings)
     sources: tuple[Mapping[str, Any], ...] = ()
     forges: tuple[Mapping[str, Any], ...] = ()
     generic_webhook_secret_env: str | None = None
@@ -86,6 +93,22 @@ def secret_values(env_name: str | None, file_name: str | None) -> list[str]:
     elif file_name:
         raw = Path(file_name).read_text(encoding="utf-8")
     return [line.strip() for line in raw.splitlines() if line.strip()]
+
+
+def known_secrets(settings: Settings) -> list[str]:
+    """Every secret value the configuration names (forge tokens and webhook secrets, API tokens,
+    git credentials): the logs mask them wherever they would appear."""
+    found = secret_values(settings.generic_webhook_secret_env, None)
+    for forge in settings.forges:
+        found += secret_values(forge.get("token_env"), forge.get("token_file"))
+        found += secret_values(forge.get("webhook_secret_env"), forge.get("webhook_secret_file"))
+    for token in settings.api.get("tokens", ()):
+        found += secret_values(token.get("token_env"), token.get("token_file"))
+    for source in settings.sources:
+        creds = source.get("credentials") or {}
+        for key in ("token_env", "password_env"):
+            found += secret_values(creds.get(key), None)
+    return found
 
 
 @cache
@@ -183,6 +206,7 @@ def load_settings(path: str | None = None, env: Mapping[str, str] | None = None)
         database=DatabaseSettings(**data.get("database", {})),
         listen=ListenSettings(**data.get("listen", {})),
         executor=ExecutorSettings(**data.get("executor", {})),
+        logging=LoggingSettings(**data.get("logging", {})),
         sources=tuple(data.get("sources", ())),
         forges=tuple(data.get("forges", ())),
         generic_webhook_secret_env=data.get("generic_webhook_secret_env"),

@@ -19,7 +19,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from runner import metrics
+from runner import logs, metrics
 from runner.dag import graph
 from runner.errors import PermanentError
 from runner.executors.base import Executor, ExecutorUnavailable, StepSpec
@@ -98,7 +98,8 @@ class Engine:
             raise PermanentError(f"there is no run {run_id}")
         if run.status in FINISHED or run.status == "waiting_approval":
             return run
-        result = await _Execution(self, run).execute()
+        with logs.context(run_id=run.id, workflow=run.workflow):
+            result = await _Execution(self, run).execute()
         if result.status in FINISHED:
             metrics.run_finished(
                 result.workflow, result.status, result.started_at, result.finished_at
@@ -251,7 +252,8 @@ class _Execution:
                     self.candidates.clear()
                     for step in (self.steps[sid] for sid in batch):
                         if step.id not in running and await self._ready(step):
-                            running[step.id] = asyncio.create_task(self._start(step))
+                            with logs.context(step=step.id):  # the task copies the context
+                                running[step.id] = asyncio.create_task(self._start(step))
                 if not running:
                     return False
                 timeout = None if deadline is None else max(deadline - self.engine.clock(), 0)

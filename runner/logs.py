@@ -1,0 +1,80 @@
+"""Logs of the service: readable console lines or JSON (one event per line), chosen by the
+`logging` settings. Records carry the ids of what they are about (run, step, delivery, source)
+from a context the engine, the receivers and the dispatcher set, and every known secret value
+is masked before a record is written."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
+from types import MappingProxyType
+from typing import Any
+
+from pythonjsonlogger.json import JsonFormatter
+
+CONTEXT: ContextVar[Mapping[str, Any]] = ContextVar(
+    "runner_log_context", default=MappingProxyType({})
+)
+FIELDS = ("run_id", "step", "workflow", "delivery", "forge", "source")
+
+
+@contextmanager
+def context(**ids: Any) -> Iterator[None]:
+    """Attach ids (`run_id=`, `step=`, `delivery=`, ...) to every record logged inside."""
+    token = CONTEXT.set({**CONTEXT.get(), **ids})
+    try:
+        yield
+    finally:
+        CONTEXT.reset(token)
+
+
+class _Context(logging.Filter):
+    def __init__(self, secrets: Iterable[str]) -> None:
+        super().__init__()
+        self.secrets = sorted({s for s in secrets if len(s) >= 6}, key=len, reverse=True)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        for key, value in CONTEXT.get().items():
+            if value is not None:
+                setattr(record, key, value)
+        if self.secrets:
+            message = record.getMessage()
+            masked = message
+            for secret in self.secrets:
+                masked = masked.replace(secret, "***")
+            if masked != message:
+                record.msg, record.args = masked, None
+        return True
+
+
+class _Console(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        ids = " ".join(
+            f"{key}={getattr(record, key)}" for key in FIELDS if getattr(record, key, None)
+        )
+        return f"{text} [{ids}]" if ids else text
+
+
+def configure(*, format: str = "console", level: str = "info", secrets: Iterable[str] = ()) -> None:
+    """Send the root logger's records to stderr in `format` (console or json) from `level`."""
+    handler = logging.StreamHandler(sys.stderr)
+    if format == "json":
+        handler.setFormatter(
+            JsonFormatter(
+                "%(asctime)s %(levelname)s %(name)s %(message)s",
+                rename_fields={"asctime": "time", "levelname": "level", "name": "logger"},
+                datefmt="%Y-%m-%dT%H:%M:%S%z",
+            )
+        )
+    else:
+        handler.setFormatter(_Console("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
+    handler.addFilter(_Context(secrets))
+    root = logging.getLogger()
+    root.handlers = [handler]
+    root.setLevel(level.upper())
+    for noisy in ("httpx", "httpcore", "apscheduler", "psycopg.pool"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
