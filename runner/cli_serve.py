@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from runner import logs
+from runner import logs, tracing
 from runner.cli_common import config_option, output_option, when
 from runner.errors import PermanentError, TransientError, UsageError
 from runner.model import SourceStatus
@@ -40,6 +40,7 @@ def serve_command(config_path: str | None, role: str, grace: float) -> None:
         level=settings.logging.level,
         secrets=known_secrets(settings),
     )
+    tracing.setup()  # when OTEL_EXPORTER_OTLP_ENDPOINT is set and the otel extra installed
     try:
         asyncio.run(_serve(settings, role, grace))
     except UsageError as exc:

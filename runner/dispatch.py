@@ -13,8 +13,9 @@ import json
 import logging
 import re
 from collections.abc import Callable, Mapping
+from typing import Any
 
-from runner import logs
+from runner import logs, tracing
 from runner.comments import CommentHandler
 from runner.forges.events import ForgeEvent, parse
 from runner.model import Event, RunRequest
@@ -38,6 +39,12 @@ def same_repository(url: str, event: ForgeEvent) -> bool:
     return target == norm(event.clone_url) or (
         bool(event.repository) and target.endswith("/" + event.repository.lower())
     )
+
+
+def _traced(trigger: dict[str, Any]) -> dict[str, Any]:
+    """The run continues the delivery's trace (when tracing is on)."""
+    parent = tracing.traceparent()
+    return {**trigger, "traceparent": parent} if parent else trigger
 
 
 class Dispatcher:
@@ -124,7 +131,7 @@ class Dispatcher:
                         source=status.name,
                         revision=status.applied_revision,
                         idempotency_key=f"{event.forge}:{event.delivery_id}:{status.name}:{workflow.name}",
-                        trigger=forge_event.trigger(event.event_type),
+                        trigger=_traced(forge_event.trigger(event.event_type)),
                         concurrency_group=None,
                     )
                 )
@@ -139,7 +146,16 @@ class Dispatcher:
             try:
                 for event in await self.store.claim_events(node, 60.0, 20):
                     try:
-                        with logs.context(delivery=event.delivery_id, forge=event.forge):
+                        with (
+                            logs.context(delivery=event.delivery_id, forge=event.forge),
+                            tracing.span(
+                                "dispatch event",
+                                parent=event.headers.get("traceparent"),
+                                forge=event.forge,
+                                event=event.event_type,
+                                delivery=event.delivery_id,
+                            ),
+                        ):
                             await self.handle(event)
                     except Exception as exc:  # one bad event never stops the others
                         log.warning(

@@ -19,7 +19,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from runner import logs, metrics
+from runner import logs, metrics, tracing
 from runner.dag import graph
 from runner.errors import PermanentError
 from runner.executors.base import Executor, ExecutorUnavailable, StepSpec
@@ -98,7 +98,16 @@ class Engine:
             raise PermanentError(f"there is no run {run_id}")
         if run.status in FINISHED or run.status == "waiting_approval":
             return run
-        with logs.context(run_id=run.id, workflow=run.workflow):
+        with (
+            logs.context(run_id=run.id, workflow=run.workflow),
+            tracing.span(
+                f"run {run.workflow}",
+                parent=run.trigger.get("traceparent"),
+                run_id=run.id,
+                workflow=run.workflow,
+                revision=run.revision,
+            ),
+        ):
             result = await _Execution(self, run).execute()
         if result.status in FINISHED:
             metrics.run_finished(
@@ -388,6 +397,10 @@ class _Execution:
 
     # -- one step ---------------------------------------------------------------------------------
     async def _start(self, step: Step) -> None:
+        with tracing.span(f"step {step.id}", step=step.id, agent=step.agent):
+            await self._attempts(step)
+
+    async def _attempts(self, step: Step) -> None:
         go = self.go.pop(step.id)
         agent = self._agent(step)
         record = self.records.get(step.id)

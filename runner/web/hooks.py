@@ -18,8 +18,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from runner import metrics
-from runner.forges.base import Verifier, verifier
+from runner import metrics, tracing
+from runner.forges.base import Delivery, Verifier, verifier
 from runner.model import RunRequest, Workflow
 from runner.revisions import BundleLoader
 from runner.spec.inputs import InputsInvalid, resolve_inputs
@@ -237,12 +237,32 @@ class Hooks:
         )
         if delivery.event_type == "ping":
             return JSONResponse({"status": "pong"})
+        with tracing.span(
+            "webhook delivery",
+            forge=delivery.forge,
+            event=delivery.event_type,
+            delivery=delivery.delivery_id,
+        ):
+            return await self._store(receiver, name, delivery, headers, body)
+
+    async def _store(
+        self,
+        receiver: Receiver,
+        name: str,
+        delivery: Delivery,
+        headers: Mapping[str, str],
+        body: bytes,
+    ) -> JSONResponse:
+        kept = _stored_headers(headers)
+        parent = tracing.traceparent()
+        if parent:  # the dispatcher and the runs continue this trace
+            kept["traceparent"] = parent
         add = self.writer.add if self.writer is not None else self._add
         stored = await add(
             forge=delivery.forge,
             delivery_id=delivery.delivery_id,
             event_type=delivery.event_type,
-            headers=_stored_headers(headers),
+            headers=kept,
             body=body,
         )
         if receiver.verifier.kind == "generic":  # a redelivery finds the same run
