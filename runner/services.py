@@ -253,7 +253,9 @@ async def serve(settings: Settings, *, role: str, stop: asyncio.Event, grace: fl
                 states.append(f"{source.name}: {status.applied_revision[:12]} applied, {state}")
             return not missing, "; ".join(states)
 
-        checks: dict[str, Check] = {"store": store_ready, "executor": executor_ready}
+        checks: dict[str, Check] = {"store": store_ready}
+        if role in ("all", "worker"):  # receiving webhooks and the API need no executor
+            checks["executor"] = executor_ready
         if sources:
             checks["sources"] = sources_ready
 

@@ -120,7 +120,7 @@ class Hooks:
         receiver = self.receivers.get(name)
         if receiver is None:
             known = ", ".join(sorted(self.receivers)) or "none configured"
-            metrics.delivery(name, "unknown", "unknown_forge")
+            metrics.delivery("unknown", "unknown", "unknown_forge")  # never a caller's name
             return error(404, "unknown_forge", f"no forge named {name!r} (forges: {known})")
         return await self._counted(request, receiver, name)
 

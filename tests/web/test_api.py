@@ -416,7 +416,7 @@ def test_metrics_after_real_activity(base: str, home: Path) -> None:
     )
     text = httpx.get(base + "/metrics").text
     assert (
-        'runner_webhook_deliveries_total{event="unknown",forge="nosuchforge",'
+        'runner_webhook_deliveries_total{event="unknown",forge="unknown",'
         'result="unknown_forge"} 1.0' in text
     )
 
