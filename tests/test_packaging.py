@@ -35,6 +35,7 @@ def test_wheel_ships_schemas_and_agents_and_uses_them(tmp_path: Path) -> None:
         "runner/schemas/agent.schema.json",
         "runner/agents/patcher/agent.yaml",
         "runner/agents/security-scanner/agent.yaml",
+        "runner/web/ui.html",
     ):
         assert expected in names
     target = tmp_path / "site"

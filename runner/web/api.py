@@ -272,9 +272,10 @@ class Api:
         )
 
     async def run(self, request: Request, who: Principal) -> Response:
-        run_id = await self._run_id(request)
+        run_id = _int(request.path_params["id"], "run id", low=1)
         run = await self.store.get_run(run_id)
-        assert run is not None
+        if run is None:
+            raise ApiError(404, f"there is no run {run_id}")
         view = run_view(run)
         view["steps"] = [step_view(s) for s in await self.store.get_steps(run_id)]
         view["approvals"] = [

@@ -1,11 +1,13 @@
 """The HTTP service: health and readiness, webhook receivers, the REST API and its description,
-Prometheus metrics; rate limits in front of all of it."""
+Prometheus metrics, and the web UI (`ui.html`: one page that uses the API with a token the user
+pastes); rate limits in front of all of it."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Mapping
+from importlib import resources
 from typing import Any
 
 from starlette.applications import Starlette
@@ -69,11 +71,26 @@ def create_app(
     async def openapi(request: Request) -> JSONResponse:
         return JSONResponse(spec)
 
+    page = resources.files("runner.web").joinpath("ui.html").read_bytes()
+
+    async def ui(request: Request) -> Response:
+        return Response(
+            page,
+            media_type="text/html; charset=utf-8",
+            headers={
+                "Content-Security-Policy": "default-src 'self'; script-src 'unsafe-inline'; "
+                "style-src 'unsafe-inline'; frame-ancestors 'none'",
+                "X-Content-Type-Options": "nosniff",
+                "Referrer-Policy": "no-referrer",
+            },
+        )
+
     routes = [
         Route("/healthz", healthz),
         Route("/readyz", readyz),
         Route("/metrics", scrape),
         Route("/openapi.json", openapi),
+        Route("/", ui),
     ]
     if hooks is not None:
         routes += hooks.routes()

@@ -4,13 +4,19 @@ strings in UTC; nothing secret is part of any shape."""
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Any
 
 from runner.model import Approval, Decision, Run, SourceStatus, StepRun, Workflow
 
 
 def when(value: float | None) -> str | None:
-    return None if value is None else datetime.fromtimestamp(value, UTC).isoformat()
+    return None if value is None else _rfc3339(value)
+
+
+@lru_cache(maxsize=65536)
+def _rfc3339(value: float) -> str:  # listings format the same finished times again and again
+    return datetime.fromtimestamp(value, UTC).isoformat()
 
 
 def run_view(run: Run) -> dict[str, Any]:
