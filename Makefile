@@ -35,6 +35,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/store.py
 	$(BIN)/python bench/engine.py
 	$(BIN)/python bench/webhooks.py
+	$(BIN)/python bench/api.py
 	$(BIN)/python bench/reconcile.py
 
 clean:
