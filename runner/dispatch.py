@@ -13,12 +13,14 @@ import json
 import logging
 import re
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from typing import Any
 
 from runner import logs, tracing
 from runner.comments import CommentHandler
+from runner.forges.api import ForgeClient
 from runner.forges.events import ForgeEvent, parse
-from runner.model import Event, RunRequest
+from runner.model import Bundle, Event, RunRequest
 from runner.prcheck import PullRequestCheck
 from runner.revisions import BundleLoader
 from runner.store.base import Store
@@ -59,7 +61,9 @@ class Dispatcher:
         nudge_workers: Callable[[], None] = lambda: None,
         comments: CommentHandler | None = None,
         prcheck: PullRequestCheck | None = None,
+        clients: Mapping[str, ForgeClient] | None = None,
     ) -> None:
+        self.clients = dict(clients or {})
         self.comments = comments
         self.prcheck = prcheck
         self.store = store
@@ -117,20 +121,23 @@ class Dispatcher:
                     log.warning(
                         "validating %s#%s: %s", forge_event.repository, forge_event.number, exc
                     )
-        runs = []
+        applied = []
         for status in await self.store.list_source_statuses():
-            if not status.applied_revision:
-                continue
-            bundle = await self.loader.bundle(status.name, status.applied_revision)
+            if status.applied_revision:
+                bundle = await self.loader.bundle(status.name, status.applied_revision)
+                applied.append((status.name, status.applied_revision, bundle))
+        forge_event = await self._with_pull_files(forge_event, [b for _, _, b in applied])
+        runs = []
+        for source, revision, bundle in applied:
             for workflow in bundle.workflows.values():
                 if not matches(workflow, forge_event):
                     continue
                 run, _ = await self.store.request_run(
                     RunRequest(
                         workflow=workflow.name,
-                        source=status.name,
-                        revision=status.applied_revision,
-                        idempotency_key=f"{event.forge}:{event.delivery_id}:{status.name}:{workflow.name}",
+                        source=source,
+                        revision=revision,
+                        idempotency_key=f"{event.forge}:{event.delivery_id}:{source}:{workflow.name}",
                         trigger=_traced(forge_event.trigger(event.event_type)),
                         concurrency_group=None,
                     )
@@ -139,6 +146,31 @@ class Dispatcher:
         if runs:
             self.nudge_workers()
         return runs
+
+    async def _with_pull_files(self, event: ForgeEvent, bundles: list[Bundle]) -> ForgeEvent:
+        """A pull request's changed files, asked of the forge when a `pull_request` trigger
+        filters on paths (the payload does not list them). Without an answer the filters match,
+        as when the forge has no API token."""
+        client = self.clients.get(event.forge)
+        if event.kind != "pull_request" or event.changed_files is not None or client is None:
+            return event
+        filtered = any(
+            trigger.kind == "pull_request"
+            and ("paths" in trigger.config or "paths_ignore" in trigger.config)
+            for bundle in bundles
+            for workflow in bundle.workflows.values()
+            for trigger in workflow.triggers
+        )
+        if not filtered or not event.number:
+            return event
+        try:
+            files = await client.changed_files(event.repository, event.number)
+        except Exception as exc:  # a forge outage must not drop the pull request's runs
+            log.warning(
+                "files of %s#%s: %s; path filters match", event.repository, event.number, exc
+            )
+            return event
+        return replace(event, changed_files=files)
 
     async def run_forever(self, stop: asyncio.Event, node: str, *, poll: float = 2.0) -> None:
         while not stop.is_set():

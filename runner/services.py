@@ -221,6 +221,7 @@ async def serve(settings: Settings, *, role: str, stop: asyncio.Event, grace: fl
             nudge_source=lambda name: by_source[name].nudge() if name in by_source else None,
             nudge_workers=workers.nudge,
             comments=CommentHandler(rt.store, rt.engine.loader, clients),
+            clients=clients,
             prcheck=PullRequestCheck(
                 rt.store,
                 rt.engine.loader,

@@ -45,6 +45,7 @@ class FakeGitHub:
     # (repo, number) -> fields of the pull request that matter to the test (head sha, author);
     # the answer is GitHub's example pull request with these laid over it
     pulls: dict[tuple[str, int], dict[str, Any]] = field(default_factory=dict)
+    files: dict[tuple[str, int], list[str]] = field(default_factory=dict)  # a PR's changed files
     comments: list[tuple[str, int, str]] = field(default_factory=list)  # comment id = index + 1
     statuses: list[tuple[str, str, dict[str, Any]]] = field(default_factory=list)
     edits: list[tuple[int, str]] = field(default_factory=list)
@@ -142,6 +143,20 @@ class FakeGitHub:
             example["requested_teams"] = []  # GitHub's example team lacks its required `type`
             return 200, _merged(example, {"number": number, **self.pulls[(repo, number)]})
 
+        async def pull_files(request: Request, _: Any) -> Answer:
+            repo = f"{request.path_params['owner']}/{request.path_params['repo']}"
+            key = (repo, int(request.path_params["number"]))
+            if key not in self.pulls:
+                return 404, NOT_FOUND
+            per_page = int(request.query_params.get("per_page", 30))
+            page = int(request.query_params.get("page", 1))
+            (example,) = response_example("GET", request.url.path, 200)[:1]
+            found = [
+                _merged(example, {"filename": name, "status": "modified"})
+                for name in self.files.get(key, [])
+            ]
+            return 200, found[(page - 1) * per_page : page * per_page]
+
         async def comment(request: Request, body: Any) -> Answer:
             repo = f"{request.path_params['owner']}/{request.path_params['repo']}"
             self.comments.append((repo, int(request.path_params["number"]), body["body"]))
@@ -224,6 +239,11 @@ class FakeGitHub:
                     methods=["GET"],
                 ),
                 Route("/repos/{owner}/{repo}/pulls/{number}", checked(pull), methods=["GET"]),
+                Route(
+                    "/repos/{owner}/{repo}/pulls/{number}/files",
+                    checked(pull_files),
+                    methods=["GET"],
+                ),
                 Route(
                     "/repos/{owner}/{repo}/issues/{number}/comments",
                     checked(comment),

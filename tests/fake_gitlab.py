@@ -41,6 +41,7 @@ class FakeGitLab:
     members: dict[str, dict[str, int]] = field(default_factory=dict)  # project -> user -> level
     groups: dict[str, set[str]] = field(default_factory=dict)  # group path -> usernames
     merge_requests: dict[tuple[str, int], dict[str, Any]] = field(default_factory=dict)
+    diffs: dict[tuple[str, int], list[tuple[str, str]]] = field(default_factory=dict)  # old, new
     notes: list[dict[str, Any]] = field(default_factory=list)  # every note, in creation order
     edits: list[tuple[int, str]] = field(default_factory=list)  # (note id, new body)
     statuses: list[tuple[str, str, dict[str, Any]]] = field(default_factory=list)  # accepted
@@ -89,6 +90,27 @@ class FakeGitLab:
         if found is None:
             return JSONResponse({"message": "404 Not found"}, status_code=404)
         return JSONResponse(found)
+
+    async def _diffs(self, request: Request, p: dict[str, str]) -> Response:
+        key = (p["project"], int(p["iid"]))
+        if key not in self.merge_requests:
+            return JSONResponse({"message": "404 Not found"}, status_code=404)
+        per_page = min(int(request.query_params.get("per_page", "20")), 100)
+        page = int(request.query_params.get("page", "1"))
+        found = [
+            {
+                "old_path": old,
+                "new_path": new,
+                "a_mode": "100644",
+                "b_mode": "100644",
+                "diff": "",
+                "new_file": False,
+                "renamed_file": old != new,
+                "deleted_file": False,
+            }
+            for old, new in self.diffs.get(key, [])
+        ]
+        return JSONResponse(found[(page - 1) * per_page : page * per_page])
 
     async def _list_notes(self, request: Request, p: dict[str, str]) -> Response:
         iid = int(p["iid"])
@@ -161,6 +183,7 @@ class FakeGitLab:
             ("GET", r"/groups/(?P<group>[^/]+)/members/all/(?P<user_id>\d+)", self._group_member),
             ("GET", rf"{project}{iid}", self._merge_request),
             ("GET", rf"{project}{iid}/notes", self._list_notes),
+            ("GET", rf"{project}{iid}/diffs", self._diffs),
             ("POST", rf"{project}{iid}/notes", self._create_note),
             ("PUT", rf"{project}{iid}/notes/(?P<note_id>\d+)", self._edit_note),
             ("POST", rf"{project}/statuses/(?P<sha>[0-9a-f]{{7,40}})", self._status),

@@ -25,6 +25,10 @@ class ForgeClient(Protocol):
         """Post a new comment on pull request `number`."""
         ...
 
+    async def changed_files(self, repository: str, number: int) -> tuple[str, ...]:
+        """The paths pull request `number` changes (for `paths` trigger filters)."""
+        ...
+
     async def close(self) -> None: ...
 
 

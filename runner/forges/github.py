@@ -99,6 +99,28 @@ class GitHubClient:
         data = answer.json()
         return str(data["head"]["sha"]), str(data["user"]["login"])
 
+    async def changed_files(self, repository: str, number: int) -> tuple[str, ...]:
+        """The files of a pull request, page by page (GitHub lists at most 3,000)."""
+        found: list[str] = []
+        for page in range(1, 31):
+            answer = await self._call(
+                "GET",
+                f"/repos/{repository}/pulls/{number}/files",
+                params={"per_page": 100, "page": page},
+            )
+            if answer.status_code != 200:
+                raise TransientError(
+                    f"{self.kind}: files of {repository}#{number}: HTTP {answer.status_code}"
+                )
+            batch = answer.json()
+            for item in batch:
+                found.append(str(item["filename"]))
+                if item.get("previous_filename"):  # a rename touches its old path too
+                    found.append(str(item["previous_filename"]))
+            if len(batch) < 100:
+                break
+        return tuple(sorted(set(found)))
+
     async def comment(self, repository: str, number: int, body: str) -> None:
         answer = await self._call(
             "POST", f"/repos/{repository}/issues/{number}/comments", json={"body": body}

@@ -125,6 +125,26 @@ class GitLabClient:
         data = answer.json()
         return str(data["sha"]), str(data["author"]["username"])
 
+    async def changed_files(self, repository: str, number: int) -> tuple[str, ...]:
+        """The paths a merge request changes (`/diffs`, GitLab 15.7+), old and new names."""
+        found: set[str] = set()
+        for page in range(1, 31):
+            answer = await self._call(
+                "GET",
+                f"/projects/{_encoded(repository)}/merge_requests/{number}/diffs",
+                params={"per_page": 100, "page": page},
+            )
+            if answer.status_code != 200:
+                raise TransientError(
+                    f"GitLab: diffs of {repository}!{number}: HTTP {answer.status_code}"
+                )
+            batch = answer.json()
+            for diff in batch:
+                found.update(str(diff[k]) for k in ("old_path", "new_path") if diff.get(k))
+            if len(batch) < 100:
+                break
+        return tuple(sorted(found))
+
     async def comment(self, repository: str, number: int, body: str) -> None:
         answer = await self._call(
             "POST",
