@@ -77,8 +77,7 @@ class EventWriter:
         finally:
             self._flushing = False
 
-    @staticmethod
-    async def _write(tx: Tx, batch: list[_Item]) -> list[Stored]:
+    async def _write(self, tx: Tx, batch: list[_Item]) -> list[Stored]:
         """One multi-row insert for the batch; a delivery seen before (in an earlier batch or
         earlier in this one) is answered with the first one's id."""
         marks = ", ".join("(?, ?, ?, ?, ?, ?)" for _ in batch)

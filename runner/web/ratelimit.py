@@ -21,6 +21,7 @@ import json
 import math
 import time
 from collections.abc import Callable, Iterable, Mapping
+from functools import lru_cache
 from typing import Any
 
 import limits
@@ -39,12 +40,19 @@ def _networks(values: Iterable[str]) -> list[Network]:
     return [ipaddress.ip_network(v, strict=False) for v in values]
 
 
-def _inside(address: str, networks: list[Network]) -> bool:
+@lru_cache(maxsize=4096)
+def _address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
     try:
-        ip = ipaddress.ip_address(address)
+        return ipaddress.ip_address(text)
     except ValueError:
+        return None
+
+
+def _inside(address: str, networks: list[Network]) -> bool:
+    if not networks:
         return False
-    return any(ip in net for net in networks)
+    ip = _address(address)
+    return ip is not None and any(ip in net for net in networks)
 
 
 class Buckets:
