@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -120,8 +121,15 @@ def step_finished(
         STEP_DURATION.labels(workflow, agent, outcome).observe(max(0.0, finished - started))
 
 
+_delivery_children: dict[tuple[str, str, str], Any] = {}
+
+
 def delivery(forge: str, event: str, result: str) -> None:
-    DELIVERIES.labels(forge, event or "unknown", result).inc()
+    key = (forge, event or "unknown", result)
+    child = _delivery_children.get(key)
+    if child is None:  # labels() validates and locks: once per combination, not per delivery
+        child = _delivery_children[key] = DELIVERIES.labels(*key)
+    child.inc()
 
 
 def forge_call(forge: str, status: int | None) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -53,12 +53,20 @@ def shutdown() -> None:
     _tracer = None
 
 
-@contextmanager
-def span(name: str, *, parent: str | None = None, **attributes: Any) -> Iterator[None]:
+def span(
+    name: str, *, parent: str | None = None, **attributes: Any
+) -> AbstractContextManager[None]:
     """A span around the block, under `parent` (a W3C traceparent) or the current span."""
     if _tracer is None:
-        yield
-        return
+        return _OFF
+    return _span(name, parent, attributes)
+
+
+_OFF: AbstractContextManager[None] = nullcontext()
+
+
+@contextmanager
+def _span(name: str, parent: str | None, attributes: dict[str, Any]) -> Iterator[None]:
     context = _propagator.extract({"traceparent": parent}) if parent else None
     values = {k: v for k, v in attributes.items() if v is not None}
     with _tracer.start_as_current_span(name, context=context, attributes=values):

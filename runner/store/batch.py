@@ -53,7 +53,7 @@ class EventWriter:
         if not self._flushing:
             self._flushing = True
             self._task = asyncio.ensure_future(self._flush())
-        return await asyncio.shield(future)  # a caller that goes away does not undo the write
+        return await future  # a caller that goes away does not stop the batch's write
 
     async def _flush(self) -> None:
         try:
