@@ -2,7 +2,11 @@
 commit, next to `git fetch` + `git diff --name-only` on the same repositories in the same run
 (the floor), and the incremental time for a 100-file repository.
 
-Usage: python bench/reconcile.py [--files N] [--small N]
+Each size gets `--rounds` one-file commits; the figures are medians over them. Each commit is
+also fetched by pygit2 alone into a mirror of its own (the same call GitSource makes): that is
+the floor under the reconciler's own fetch, and under the ratio between the two sizes.
+
+Usage: python bench/reconcile.py [--files N] [--small N] [--rounds N]
 Targets: incremental reconcile within 3x the git floor; at most 1.5x slower at 10,000 files
 than at 100.
 """
@@ -11,10 +15,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parents[1]))
@@ -60,14 +66,23 @@ def make_repo(root: Path, files: int) -> tuple[Path, Path]:
     return remote, work
 
 
-def one_change(work: Path) -> None:
+def one_change(work: Path, round_: int) -> None:
     path = work / "workflows" / "wf-7.yaml"
-    path.write_text(path.read_text().replace("high > 0", "high > 9"))
+    path.write_text(WORKFLOW.format(i=7, n=10 + round_))  # a new condition: a real change
     git(work, "commit", "-q", "-am", "one change")
     git(work, "push", "-q", "origin", "main")
 
 
-async def measure(files: int) -> tuple[float, float, float]:
+@dataclass(frozen=True)
+class Figures:
+    cold: float
+    incremental: float  # medians over the rounds
+    floor: float  # git fetch + git diff --name-only
+    fetch: float  # pygit2's fetch alone
+    beyond: float  # the incremental pass less its own fetch
+
+
+async def measure(files: int, rounds: int) -> Figures:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         remote, work = make_repo(root, files)
@@ -77,37 +92,69 @@ async def measure(files: int) -> tuple[float, float, float]:
         await store.open()
         await store.migrate()
         source = GitSource(GitSourceConfig(name="main", url=str(remote)), root / "data")
+        fetch_only = GitSource(GitSourceConfig(name="floor", url=str(remote)), root / "floor2")
+        fetch_only._fetch()
         reconciler = Reconciler(store, source)
+        own_fetch: list[float] = []
+        fetch_call = source.fetch
+
+        async def timed_fetch(deadline: float = 60.0) -> str:
+            started = time.perf_counter()
+            try:
+                return await fetch_call(deadline)
+            finally:
+                own_fetch.append(time.perf_counter() - started)
+
+        source.fetch = timed_fetch  # type: ignore[method-assign]
         started = time.perf_counter()
         assert (await reconciler.reconcile()).applied
         cold = time.perf_counter() - started
-        one_change(work)
-        started = time.perf_counter()
-        before = git(mirror, "rev-parse", "HEAD")
-        git(mirror, "fetch", "-q", "origin", "+refs/heads/main:refs/heads/main")
-        git(mirror, "diff", "--name-only", before, "HEAD")
-        floor = time.perf_counter() - started
-        started = time.perf_counter()
-        result = await reconciler.reconcile()
-        incremental = time.perf_counter() - started
-        assert result.applied, result
+        incremental, floor, fetch, beyond = [], [], [], []
+        for round_ in range(rounds):
+            one_change(work, round_)
+            started = time.perf_counter()
+            before = git(mirror, "rev-parse", "HEAD")
+            git(mirror, "fetch", "-q", "origin", "+refs/heads/main:refs/heads/main")
+            git(mirror, "diff", "--name-only", before, "HEAD")
+            floor.append(time.perf_counter() - started)
+            started = time.perf_counter()
+            fetch_only._fetch()
+            fetch.append(time.perf_counter() - started)
+            started = time.perf_counter()
+            result = await reconciler.reconcile()
+            incremental.append(time.perf_counter() - started)
+            beyond.append(incremental[-1] - own_fetch[-1])
+            assert result.applied, result
         await store.close()
-        return cold, incremental, floor
+        median = statistics.median
+        return Figures(cold, median(incremental), median(floor), median(fetch), median(beyond))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--files", type=int, default=10_000)
     parser.add_argument("--small", type=int, default=100)
+    parser.add_argument("--rounds", type=int, default=7)
     args = parser.parse_args()
-    small = asyncio.run(measure(args.small))
-    large = asyncio.run(measure(args.files))
-    for label, (cold, incremental, floor) in ((args.small, small), (args.files, large)):
+    small = asyncio.run(measure(args.small, args.rounds))
+    large = asyncio.run(measure(args.files, args.rounds))
+    for label, f in ((args.small, small), (args.files, large)):
         print(
-            f"{label:6d} files: cold {cold:7.3f}s | incremental {incremental:7.3f}s"
-            f" | git fetch+diff {floor:7.3f}s | incremental/git {incremental / floor:6.1f}x"
+            f"{label:6d} files: cold {f.cold:7.3f}s | incremental {f.incremental:7.3f}s"
+            f" | git fetch+diff {f.floor:7.3f}s | incremental/git {f.incremental / f.floor:6.1f}x"
         )
-    print(f"incremental at {args.files} vs {args.small} files: {large[1] / small[1]:.1f}x")
+    ratio = large.incremental / small.incremental
+    print(f"incremental at {args.files} vs {args.small} files: {ratio:.1f}x")
+    print(
+        f"pygit2 fetch alone: {small.fetch:7.3f}s at {args.small} files, {large.fetch:7.3f}s at"
+        f" {args.files} ({large.fetch / small.fetch:.1f}x); at {args.files} files it is"
+        f" {large.fetch / small.incremental:.1f}x the whole incremental pass at {args.small}"
+    )
+    print(
+        f"incremental less its own fetch: {small.beyond:7.3f}s at {args.small} files,"
+        f" {large.beyond:7.3f}s at {args.files} ({large.beyond / small.beyond:.1f}x)"
+    )
+    print(f"(medians of {args.rounds} one-file commits per size)")
     print("targets: incremental within 3x of git; at most 1.5x slower at the larger size")
 
 

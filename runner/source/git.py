@@ -198,30 +198,58 @@ class GitSource:
             elif entry.type_str == "blob":
                 out[f"{prefix}{entry.name}"] = str(entry.id)
 
+    def _source_file(
+        self, rel: str, role: str, agent_dir: str | None, key: str, read: bool
+    ) -> SourceFile:
+        data = b""
+        if read:
+            blob = self.repo[key]
+            assert isinstance(blob, pygit2.Blob)
+            data = blob.data
+        return SourceFile(
+            path=rel,
+            data=data,
+            role="workflows" if role == "workflows" else "agent",
+            agent_dir=agent_dir,
+            key=key,
+        )
+
     def _files(self, sha: str, known: Callable[[str, str], bool]) -> list[SourceFile]:
         listing = self.listing(sha)
-        out = []
-        for rel, role, agent_dir in repo_layout(listing):
-            key = listing[rel]
-            data = b""
-            if not known(rel, key):
-                blob = self.repo[key]
-                assert isinstance(blob, pygit2.Blob)
-                data = blob.data
-            out.append(
-                SourceFile(
-                    path=rel,
-                    data=data,
-                    role="workflows" if role == "workflows" else "agent",
-                    agent_dir=agent_dir,
-                    key=key,
-                )
-            )
-        return out
+        return [
+            self._source_file(rel, role, agent_dir, listing[rel], not known(rel, listing[rel]))
+            for rel, role, agent_dir in repo_layout(listing)
+        ]
 
     async def files(self, revision: str, known: Callable[[str, str], bool]) -> list[SourceFile]:
         """The documents at `revision`; a file `known(path, blob id)` is listed but not read."""
         return await asyncio.to_thread(self._files, revision, known)
+
+    def _changes(self, since: str, sha: str) -> tuple[list[SourceFile], list[str]] | None:
+        try:
+            old = self._folder(since)
+        except (KeyError, ValueError, pygit2.GitError):
+            return None  # not in the mirror (a rewritten history, a new mirror)
+        new = self._folder(sha)
+        if old is None or new is None:
+            return None
+        changed: dict[str, str] = {}
+        gone: set[str] = set()
+        for delta in old.diff_to_tree(new).deltas:
+            gone.add(delta.old_file.path)
+            if delta.status_char() != "D":
+                changed[delta.new_file.path] = str(delta.new_file.id)
+        files = [
+            self._source_file(rel, role, agent_dir, changed[rel], True)
+            for rel, role, agent_dir in repo_layout(changed)
+        ]
+        return files, [rel for rel, _, _ in repo_layout(gone - changed.keys())]
+
+    async def changes(self, since: str, revision: str) -> tuple[list[SourceFile], list[str]] | None:
+        """The documents that differ between the two revisions (a tree-to-tree diff: the cost
+        is the change, not the tree), read, and the paths removed; None when `since` is not
+        in the mirror."""
+        return await asyncio.to_thread(self._changes, since, revision)
 
     def agents_root(self, revision: str) -> Path:
         """A folder holding `agents/` as of `revision` (repo-local agents' programs)."""

@@ -1,9 +1,12 @@
 """The reconciler: converge the store on what a source's branch holds, never on a broken tree.
 
-One pass: fetch -> compare -> list (blob ids) -> load changed files (cached by blob id) ->
-validate all -> apply in one transaction -> sync schedules -> write status (once, at the end).
-An invalid revision is recorded as attempted with every error, and the last applied revision
-stays in force: its workflows keep running and its schedules keep firing.
+One pass: fetch -> compare -> the files changed since the revision compiled last (a tree diff)
+-> compile them into the kept whole (every rule still holds for the whole revision) -> apply in
+one transaction, written as its changes against the revision this reconciler applied last ->
+sync schedules -> write status (once, at the end). The first pass (or one whose source cannot
+tell what changed) lists and compiles everything. An invalid revision is recorded as attempted
+with every error, and the last applied revision stays in force: its workflows keep running and
+its schedules keep firing.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from typing import Protocol
 from runner.errors import PermanentError, TransientError
 from runner.model import Bundle, Condition, SourceStatus
 from runner.revisions import BundleLoader
-from runner.spec.compile import FileCache, SourceFile, compile_files
+from runner.spec.compile import Compiler, Result, SourceFile
 from runner.spec.repo import builtin_agents
 from runner.store.base import Store
 
@@ -35,13 +38,30 @@ class Source(Protocol):
         """Bring the source up to date; the revision it is at."""
 
     async def files(self, revision: str, known: Callable[[str, str], bool]) -> list[SourceFile]:
-        """The documents of `revision`."""
+        """The documents of `revision`; a file `known(path, key)` may be listed without data."""
+
+    async def changes(self, since: str, revision: str) -> Changes | None:
+        """(the documents that differ from `since` to `revision`, read; the paths removed), or
+        None when the source cannot tell (the caller lists `revision` in full)."""
 
     def agents_root(self, revision: str) -> Path:
         """A folder holding `agents/` as of `revision`."""
 
     def rewritten(self, old: str, new: str) -> bool:
         """Whether history was rewritten between the two revisions."""
+
+
+Changes = tuple[list[SourceFile], list[str]]
+
+
+@dataclass
+class Compiled:
+    """What a reconciler keeps between passes: a compiler holding `revision`, and `base`, the
+    revision its documents were last stored as (the next revision is written against it)."""
+
+    compiler: Compiler
+    revision: str
+    base: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -72,7 +92,7 @@ class Reconciler:
         self.sync = sync
         self.fetch_deadline = fetch_deadline
         self.clock = clock
-        self.cache = FileCache()
+        self.compiled: Compiled | None = None
         self.nudged = asyncio.Event()
         self.started = False
 
@@ -127,9 +147,7 @@ class Reconciler:
                 revision[:12],
                 applied[:12],
             )
-        files = await self.source.files(revision, lambda path, key: (path, key) in self.cache.files)
-        result = compile_files(files, builtins=builtin_agents(), cache=self.cache)
-        self._trim(files)
+        result = await self._compile(revision)
         if result.errors:
             errors = tuple(e.as_dict() for e in result.errors)
             status = SourceStatus(
@@ -158,7 +176,7 @@ class Reconciler:
                 errors=len(errors),
                 duration=self.clock() - begun,
             )
-        await self.store.apply_revision(name, revision, result.documents)
+        await self._apply(revision)
         if self.sync is not None:
             await self.sync(name, revision, result.bundle, False)
         status = SourceStatus(name=name, attempted_revision=revision, attempted_at=fetched)
@@ -189,8 +207,36 @@ class Reconciler:
         except PermanentError:
             return None
 
-    def _trim(self, files: list[SourceFile]) -> None:
-        self.cache.keep_only({(f.path, f.key) for f in files if f.key})
+    async def _compile(self, revision: str) -> Result:
+        """The whole outcome of `revision`, compiling only what changed since the kept one."""
+        kept = self.compiled
+        compiler = kept.compiler if kept is not None else Compiler(builtin_agents())
+        changes: Changes | None = None
+        if kept is not None:
+            same = kept.revision == revision
+            changes = ([], []) if same else await self.source.changes(kept.revision, revision)
+        files: list[SourceFile] = []
+        if changes is None:
+            files = await self.source.files(revision, compiler.knows)
+        self.compiled = None  # an update cut short would leave it half-changed: start over then
+        result = compiler.update(*changes) if changes is not None else compiler.sync(files)
+        self.compiled = Compiled(compiler, revision, kept.base if kept is not None else None)
+        return result
+
+    async def _apply(self, revision: str) -> None:
+        """Store `revision` as its changes against the revision applied last, or in full."""
+        compiled = self.compiled
+        assert compiled is not None
+        assert compiled.revision == revision
+        changed, removed = compiled.compiler.delta()
+        if compiled.base is None or not await self.store.apply_changes(
+            self.source.name, revision, parent=compiled.base, changed=changed, removed=removed
+        ):
+            await self.store.apply_revision(
+                self.source.name, revision, compiled.compiler.documents()
+            )
+        compiled.compiler.mark()
+        compiled.base = revision
 
     async def _status(
         self,

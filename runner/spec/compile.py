@@ -3,15 +3,21 @@
 Every problem is collected, not just the first: the semantic rules run on every document, even
 one with schema errors, and skip only the values that have the wrong shape (the schema has already
 said so). Each error points at the node to fix.
+
+`Compiler` keeps what it found per file and per document, so that the reconciler pays for a
+commit's changed files rather than for the repository: a change re-runs the rules across
+documents only where it can alter their outcome, and the outcome is still the whole set's
+(`compile_files` is one compiler given every file at once).
 """
 
 from __future__ import annotations
 
+import bisect
 import difflib
 import graphlib
 import hashlib
 import json
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -45,30 +51,6 @@ class SourceFile:
     role: Role = "any"
     agent_dir: str | None = None
     key: str | None = None  # content id (a git blob id): files with a known key are not re-read
-
-
-@dataclass
-class FileCache:
-    """What compiling keyed files found, reused while their content (and, for workflows, the
-    set of agents) is unchanged: the reconciler keys files by blob id, so a one-file commit
-    costs one file's parsing and checking."""
-
-    # (path, key) -> the file's documents and the errors found in it on its own
-    files: dict[tuple[str, str], tuple[list[Document], list[SpecError]]] = field(
-        default_factory=dict
-    )
-    # (path, key, document, agents fingerprint) -> (errors, compiled workflow, stored form)
-    workflows: dict[
-        tuple[str, str, int, str],
-        tuple[list[SpecError], Workflow | None, StoredDocument | None],
-    ] = field(default_factory=dict)
-
-    def keep_only(self, current: set[tuple[str, str]]) -> None:
-        """Forget files that are no longer in the tree."""
-        for entry in [e for e in self.files if e not in current]:
-            del self.files[entry]
-        for wkey in [w for w in self.workflows if (w[0], w[1]) not in current]:
-            del self.workflows[wkey]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -532,103 +514,293 @@ def _load(source: SourceFile) -> tuple[list[Document], list[SpecError]]:
     return documents, errors
 
 
-def _documents(
-    files: Iterable[SourceFile], errors: list[SpecError], cache: FileCache | None
-) -> Iterator[tuple[SourceFile, Document]]:
-    for source in files:
-        entry = (source.path, source.key) if source.key else None
-        if cache is not None and entry is not None and entry in cache.files:
-            documents, problems = cache.files[entry]
-        else:
+Key = tuple[str, str]  # (kind, name) of a stored document
+
+
+@dataclass(eq=False)
+class _Doc:
+    """One document of a compiled file and what it adds to the whole, so that it can be taken
+    back when the file changes or another document takes its name."""
+
+    doc: Document
+    rank: tuple[Any, int]  # (file's rank, document index): the first to define a name keeps it
+    role: Role
+    agent_dir: str | None
+    kind: Any
+    name: str | None
+    defines: Key | None  # takes part in "names are unique per kind"
+    failed: bool  # its file's own checks (YAML, schema) found errors in it
+    first: _Doc | None = None  # the document that defines this name first, when not this one
+    adds: Literal["agent", "broken", "workflow"] | None = None
+    refs: frozenset[str] = frozenset()  # the agents its steps name (workflows)
+
+
+@dataclass(eq=False)
+class _File:
+    key: str | None
+    docs: list[_Doc]
+
+
+def _rank(d: _Doc) -> tuple[Any, int]:
+    return d.rank
+
+
+class Compiler:
+    """Compiles a set of files and keeps what it found, so that a change costs what it touches.
+
+    A changed file is parsed and schema-checked again; the rules across documents run again only
+    where the change can alter their outcome: the names the changed documents define (which one
+    is first, who is a duplicate), the agents they define, and the workflows that name one of
+    those agents (or name an unknown agent, whose suggestion reads every name). The outcome is
+    always the outcome for the whole set: `update` returns every error of every file.
+
+    Files are keyed by path and ranked by path (as `repo_layout` lists them). The stored form of
+    the valid documents is tracked against a baseline (`mark`), so that a new revision can be
+    written as its changes against the revision applied last (`delta`).
+    """
+
+    def __init__(self, builtins: Mapping[str, Agent]) -> None:
+        self._builtins = builtins
+        self._files: dict[Any, _File] = {}
+        self._defs: dict[Key, list[_Doc]] = {}
+        self._agents: dict[str, Agent] = dict(builtins)
+        self._broken: set[str] = set()
+        self._workflows: dict[str, Workflow] = {}
+        self._stored: dict[Key, StoredDocument] = {}
+        self._users: dict[str, set[_Doc]] = {}  # agent name -> workflows whose steps name it
+        self._guessing: set[_Doc] = set()  # workflows naming an unknown agent
+        self._errors: dict[object, list[SpecError]] = {}  # per file and per document
+        self._validators: dict[str, Any] = {}  # compiled `inputs` schema of each agent
+        self._baseline: dict[Key, StoredDocument | None] = {}
+
+    def knows(self, path: str, key: str | None) -> bool:
+        """Whether the file at `path` with content id `key` is the one compiled."""
+        known = self._files.get(path)
+        return key is not None and known is not None and known.key == key
+
+    def sync(self, files: Iterable[SourceFile]) -> Result:
+        """Make the set exactly `files` (a full listing): known files are not compiled again."""
+        listed = list(files)
+        seen = {f.path for f in listed}
+        changed = [f for f in listed if not self.knows(f.path, f.key)]
+        return self.update(changed, [p for p in self._files if p not in seen])
+
+    def update(self, changed: Iterable[SourceFile], removed: Iterable[str] = ()) -> Result:
+        """Add or replace the `changed` files and drop the `removed` paths; the whole outcome."""
+        self._change([(f.path, f.path, f) for f in changed], list(removed))
+        return self.result()
+
+    def result(self) -> Result:
+        errors = sorted(e for found in self._errors.values() for e in found)
+        bundle = Bundle(workflows=dict(self._workflows), agents=dict(self._agents))
+        return Result(bundle=bundle, errors=errors, documents=self.documents())
+
+    def documents(self) -> list[StoredDocument]:
+        """The stored form of every valid document."""
+        return list(self._stored.values())
+
+    def delta(self) -> tuple[list[StoredDocument], list[Key]]:
+        """(documents added or changed, (kind, name) of those removed) since the last `mark`."""
+        changed: list[StoredDocument] = []
+        removed: list[Key] = []
+        for key, old in self._baseline.items():
+            new = self._stored.get(key)
+            if new is None:
+                if old is not None:
+                    removed.append(key)
+            elif old is None or (new.digest, new.path) != (old.digest, old.path):
+                changed.append(new)
+        return changed, removed
+
+    def mark(self) -> None:
+        """Make the current documents the baseline of `delta` (they were stored)."""
+        self._baseline.clear()
+
+    # -- the change ------------------------------------------------------------------------------
+    def _change(self, added: list[tuple[Any, Any, SourceFile]], removed: list[Any]) -> None:
+        before: dict[str, tuple[Agent | None, bool]] = {}  # agents' state before the change
+        touched: set[Key] = set()
+        fresh: list[_Doc] = []
+        for fid in [*removed, *(fid for fid, _, _ in added)]:
+            gone = self._files.pop(fid, None)
+            if gone is None:
+                continue
+            self._errors.pop(gone, None)
+            for d in gone.docs:
+                self._retract(d, before)
+                if d.defines is not None:
+                    holders = self._defs[d.defines]
+                    holders.remove(d)
+                    if not holders:
+                        del self._defs[d.defines]
+                    touched.add(d.defines)
+        for fid, rank, source in added:
             documents, problems = _load(source)
-            if cache is not None and entry is not None:
-                cache.files[entry] = (documents, problems)
-        errors.extend(problems)
-        for doc in documents:
-            yield source, doc
+            failed = {e.document for e in problems}
+            file = _File(key=source.key, docs=[])
+            self._files[fid] = file
+            if problems:
+                self._errors[file] = problems
+            for doc in documents:
+                d = self._doc(doc, rank, source, doc.index in failed)
+                file.docs.append(d)
+                fresh.append(d)
+                if d.defines is not None:
+                    bisect.insort(self._defs.setdefault(d.defines, []), d, key=_rank)
+                    touched.add(d.defines)
+        dirty = set(fresh)
+        for key in touched:  # which document defines each name now
+            holders = self._defs.get(key, [])
+            for d in holders:
+                first = None if d is holders[0] else holders[0]
+                if d not in dirty and d.first is not first:
+                    self._retract(d, before)
+                    dirty.add(d)
+                    fresh.append(d)
+                d.first = first
+        fresh.sort(key=_rank)
+        for d in fresh:
+            if d.kind == "Agent":
+                self._check_agent(d, before)
+        changed = {name for name, was in before.items() if was != self._agent_state(name)}
+        again: set[_Doc] = set()
+        for name in changed:
+            self._validators.pop(name, None)
+            again |= self._users.get(name, set())
+        if changed:
+            again |= self._guessing
+        again -= dirty
+        for d in again:
+            self._retract(d, before)
+        broken = frozenset(self._broken)
+        for d in sorted([*(d for d in fresh if d.kind == "Workflow"), *again], key=_rank):
+            self._check_workflow(d, broken)
+
+    def _doc(self, doc: Document, rank: Any, source: SourceFile, failed: bool) -> _Doc:
+        kind, raw = _get(doc.data, "kind"), _get(doc.data, "metadata", "name")
+        name = raw if isinstance(raw, str) else None
+        builtin = kind == "Agent" and name in self._builtins
+        return _Doc(
+            doc=doc,
+            rank=(rank, doc.index),
+            role=source.role,
+            agent_dir=source.agent_dir,
+            kind=kind,
+            name=name,
+            defines=(kind, name)
+            if name is not None and kind in ("Workflow", "Agent") and not builtin
+            else None,
+            failed=failed,
+        )
+
+    def _agent_state(self, name: str) -> tuple[Agent | None, bool]:
+        return self._agents.get(name), name in self._broken
+
+    def _store(self, key: Key, value: StoredDocument | None) -> None:
+        if key not in self._baseline:
+            self._baseline[key] = self._stored.get(key)
+        if value is None:
+            self._stored.pop(key, None)
+        else:
+            self._stored[key] = value
+
+    def _retract(self, d: _Doc, before: dict[str, tuple[Agent | None, bool]]) -> None:
+        """Take back what `d` added: its errors, its agent or workflow, its stored form."""
+        self._errors.pop(d, None)
+        if d.adds is not None and d.name is not None:
+            if d.adds in ("agent", "broken"):
+                before.setdefault(d.name, self._agent_state(d.name))
+            if d.adds == "agent":
+                del self._agents[d.name]
+                self._store(("Agent", d.name), None)
+            elif d.adds == "broken":
+                self._broken.discard(d.name)
+            else:
+                del self._workflows[d.name]
+                self._store(("Workflow", d.name), None)
+        for name in d.refs:
+            users = self._users.get(name)
+            if users is not None:
+                users.discard(d)
+                if not users:
+                    del self._users[name]
+        self._guessing.discard(d)
+        d.adds, d.refs = None, frozenset()
+
+    def _clash(self, d: _Doc) -> bool:
+        """Report a document whose name is taken (by an earlier document or a built-in)."""
+        if d.first is not None:
+            first = d.first.doc
+            line = first.position(["metadata", "name"])[0]
+            self._errors[d] = [
+                d.doc.error(
+                    ["metadata", "name"],
+                    f"{str(d.kind).lower()} {d.name!r} is already defined in {first.path}:{line}; "
+                    f"names are unique per kind",
+                )
+            ]
+            return True
+        if d.kind == "Agent" and d.name in self._builtins:
+            self._errors[d] = [
+                d.doc.error(
+                    ["metadata", "name"],
+                    f"{d.name!r} is a built-in agent; give this agent another name",
+                )
+            ]
+            return True
+        return False
+
+    def _check_agent(self, d: _Doc, before: dict[str, tuple[Agent | None, bool]]) -> None:
+        if self._clash(d):
+            return
+        agent, problems = _agent(d.doc, d.role, d.agent_dir)
+        if problems:
+            self._errors[d] = problems
+        if d.name is None:
+            return
+        before.setdefault(d.name, self._agent_state(d.name))
+        if agent is not None and not problems and not d.failed:
+            self._agents[d.name] = agent
+            self._store(("Agent", d.name), _stored(d.doc, "Agent", d.name))
+            d.adds = "agent"
+        else:
+            self._broken.add(d.name)
+            d.adds = "broken"
+
+    def _check_workflow(self, d: _Doc, broken: frozenset[str]) -> None:
+        if self._clash(d):
+            return
+        errors = []
+        if d.role == "agent":
+            errors.append(d.doc.error(["kind"], "a Workflow belongs under workflows/"))
+        errors += _WorkflowChecker(d.doc, self._agents, broken, self._validators).run()
+        if errors:
+            self._errors[d] = errors
+        elif not d.failed:
+            workflow = _build_workflow(d.doc, self._agents)
+            if workflow.name not in self._workflows:
+                self._workflows[workflow.name] = workflow
+                self._store(("Workflow", workflow.name), _stored(d.doc, "Workflow", workflow.name))
+                d.adds = "workflow"
+        steps = _get(d.doc.data, "spec", "steps")
+        d.refs = frozenset(
+            s["agent"]
+            for s in (steps if isinstance(steps, list) else ())
+            if isinstance(s, dict) and isinstance(s.get("agent"), str)
+        )
+        for name in d.refs:
+            self._users.setdefault(name, set()).add(d)
+        if any(name not in self._agents and name not in broken for name in d.refs):
+            self._guessing.add(d)
 
 
-def compile_files(
-    files: Iterable[SourceFile], *, builtins: Mapping[str, Agent], cache: FileCache | None = None
-) -> Result:
+def compile_files(files: Iterable[SourceFile], *, builtins: Mapping[str, Agent]) -> Result:
     """Validate and compile a set of files; the bundle holds what compiled, `errors` the rest.
 
-    With a `cache`, files with a `key` seen before are not parsed or schema-checked again (the
-    reconciler keys them by blob id); the rules across documents always run on all of them."""
-    errors: list[SpecError] = []
-    agents: dict[str, Agent] = dict(builtins)
-    workflow_docs: list[tuple[SourceFile, Document]] = []
-    broken_agents: set[str] = set()
-    stored: list[StoredDocument] = []
-    defined: dict[tuple[str, str], Document] = {}
-    for source, doc in _documents(files, errors, cache):
-        kind, name = _get(doc.data, "kind"), _get(doc.data, "metadata", "name")
-        if isinstance(name, str) and kind in ("Workflow", "Agent"):
-            if (kind, name) in defined:
-                first = defined[(kind, name)]
-                line = first.position(["metadata", "name"])[0]
-                errors.append(
-                    doc.error(
-                        ["metadata", "name"],
-                        f"{kind.lower()} {name!r} is already defined in {first.path}:{line}; "
-                        f"names are unique per kind",
-                    )
-                )
-                continue
-            if kind == "Agent" and name in builtins:
-                errors.append(
-                    doc.error(
-                        ["metadata", "name"],
-                        f"{name!r} is a built-in agent; give this agent another name",
-                    )
-                )
-                continue
-            defined[(kind, name)] = doc
-        if kind == "Agent":
-            agent, problems = _agent(doc, source.role, source.agent_dir)
-            errors.extend(problems)
-            valid = not any(e.path == doc.path and e.document == doc.index for e in errors)
-            if agent is not None and valid:
-                agents[agent.name] = agent
-                stored.append(_stored(doc, "Agent", agent.name))
-            elif isinstance(name, str):
-                broken_agents.add(name)
-        elif kind == "Workflow":
-            if source.role == "agent":
-                errors.append(doc.error(["kind"], "a Workflow belongs under workflows/"))
-            workflow_docs.append((source, doc))
-    workflows: dict[str, Workflow] = {}
-    validators: dict[str, Any] = {}  # compiled `inputs` schema of each agent, shared
-    broken = frozenset(broken_agents)
-    fingerprint = _agents_fingerprint(agents, broken)
-    schema_failed = {(e.path, e.document) for e in errors}
-    for source, doc in workflow_docs:
-        wkey = (source.path, source.key, doc.index, fingerprint) if source.key else None
-        if cache is not None and wkey is not None and wkey in cache.workflows:
-            problems, workflow, as_stored = cache.workflows[wkey]
-        else:
-            problems = _WorkflowChecker(doc, agents, broken, validators).run()
-            ok = not problems and (doc.path, doc.index) not in schema_failed
-            workflow = _build_workflow(doc, agents) if ok else None
-            as_stored = _stored(doc, "Workflow", workflow.name) if workflow else None
-            if cache is not None and wkey is not None:
-                cache.workflows[wkey] = (problems, workflow, as_stored)
-        errors.extend(problems)
-        if workflow is not None and as_stored is not None:
-            workflows.setdefault(workflow.name, workflow)
-            stored.append(as_stored)
-    return Result(
-        bundle=Bundle(workflows=workflows, agents=agents), errors=sorted(errors), documents=stored
-    )
-
-
-def _agents_fingerprint(agents: Mapping[str, Agent], broken: frozenset[str]) -> str:
-    text = (
-        "|".join(f"{n}={a.digest}" for n, a in sorted(agents.items()))
-        + "|"
-        + ",".join(sorted(broken))
-    )
-    return hashlib.sha256(text.encode()).hexdigest()
+    Of two documents with one name, the one earlier in `files` defines it."""
+    compiler = Compiler(builtins)
+    compiler._change([(i, i, f) for i, f in enumerate(files)], [])
+    return compiler.result()
 
 
 def _stored(doc: Document, kind: Literal["Workflow", "Agent"], name: str) -> StoredDocument:

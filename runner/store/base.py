@@ -70,6 +70,24 @@ class Store(Protocol):
         Applying the revision that is already applied changes nothing.
         """
 
+    async def apply_changes(
+        self,
+        source: str,
+        revision: str,
+        *,
+        parent: str,
+        changed: Sequence[StoredDocument],
+        removed: Sequence[tuple[str, str]],
+    ) -> bool:
+        """Apply `revision` given as a change to `parent`, a stored revision of `source`: its
+        documents with `changed` put in by kind and name and the (kind, name) of `removed` taken
+        out. The same outcome and guarantees as `apply_revision` with the whole list, at a cost
+        that grows with the change, not with the number of documents.
+
+        False, with nothing written, when `parent` is not stored (apply the whole list then).
+        A `revision` that is stored already becomes the applied one; the changes are ignored.
+        """
+
     async def applied_documents(self, source: str) -> tuple[str | None, list[StoredDocument]]:
         """(applied revision, its documents by kind and name); (None, []) before the first."""
 

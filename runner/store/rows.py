@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import math
+from collections.abc import Iterable
 from typing import Any
 
 from runner.model import (
@@ -14,6 +17,7 @@ from runner.model import (
     Run,
     SourceStatus,
     StepRun,
+    StoredDocument,
 )
 
 RUN = (
@@ -37,6 +41,40 @@ DECISION = (
 
 def dumps(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"))
+
+
+# -- document pages: a revision's document list, shared between revisions ------------------------
+Key = tuple[str, str]  # (kind, name)
+Entry = tuple[str, str, str, str]  # (kind, name, content digest, path)
+
+
+def entry(doc: StoredDocument) -> Entry:
+    return (doc.kind, doc.name, doc.digest, doc.path)
+
+
+def page_count(documents: int) -> int:
+    """How many pages a revision of `documents` documents gets: about sqrt(n) pages of about
+    sqrt(n) entries (a power of two), so a change rewrites one small page and the revision's
+    list of pages stays short."""
+    return 1 << max(0, round(math.log2(documents) / 2)) if documents > 1 else 1
+
+
+def page_of(key: Key, count: int) -> int:
+    """The page of a (kind, name) among `count` pages: stable across revisions and processes."""
+    digest = hashlib.sha256(f"{key[0]}\0{key[1]}".encode()).digest()
+    return int.from_bytes(digest[:4], "big") % count
+
+
+def page_text(entries: Iterable[Entry]) -> str:
+    return json.dumps(sorted(entries), separators=(",", ":"), ensure_ascii=False)
+
+
+def page_digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def page_entries(text: str) -> list[Entry]:
+    return [(e[0], e[1], e[2], e[3]) for e in json.loads(text)]
 
 
 def run(row: tuple[Any, ...]) -> Run:

@@ -14,7 +14,7 @@ import json
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from importlib import resources
 from typing import Any, Protocol, TypeVar
@@ -237,52 +237,197 @@ class SqlStore:
         now = self.clock()
 
         async def body(tx: Tx) -> None:
-            fresh = await tx.execute(
-                "INSERT INTO revisions (source, revision, applied_at) VALUES (?, ?, ?)"
-                " ON CONFLICT (source, revision) DO NOTHING",
-                (source, revision, now),
-            )
-            if fresh:
-                digests = sorted({doc.digest for doc in documents})
-                known: set[str] = set()
-                for first in range(0, len(digests), 500):
-                    chunk = digests[first : first + 500]
-                    marks = ", ".join("?" for _ in chunk)
-                    found = await tx.all(
-                        f"SELECT digest FROM document_contents WHERE digest IN ({marks})", chunk
-                    )
-                    known.update(str(r[0]) for r in found)
-                fresh_contents = {d.digest: d for d in documents if d.digest not in known}
-                await tx.many(
-                    "INSERT INTO document_contents (digest, content) VALUES (?, ?)"
-                    " ON CONFLICT (digest) DO NOTHING",
-                    [(digest, rows.dumps(d.content)) for digest, d in fresh_contents.items()],
-                )
-                await tx.many(
-                    "INSERT INTO documents (source, revision, kind, name, digest, path)"
-                    " VALUES (?, ?, ?, ?, ?, ?)",
-                    [(source, revision, d.kind, d.name, d.digest, d.path) for d in documents],
-                )
-            await tx.execute(
-                "INSERT INTO sources (name, applied_revision, applied_at, updated_at)"
-                " VALUES (?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET"
-                " applied_revision = excluded.applied_revision, applied_at = excluded.applied_at,"
-                " updated_at = excluded.updated_at",
-                (source, revision, now, now),
-            )
+            if not await self._is_stored(tx, source, revision):
+                await self._put_contents(tx, documents)
+                entries: dict[rows.Key, rows.Entry] = {
+                    (d.kind, d.name): rows.entry(d) for d in documents
+                }
+                pages = await self._paginate(tx, entries)
+                await self._put_revision(tx, source, revision, pages, len(entries), now)
+            await self._set_applied(tx, source, revision, now)
 
         await self._in_tx(body)
 
-    async def _documents(self, tx: Tx, source: str, revision: str) -> list[StoredDocument]:
-        found = await tx.all(
-            "SELECT d.kind, d.name, d.digest, c.content, d.path FROM documents d"
-            " JOIN document_contents c ON c.digest = d.digest"
-            " WHERE d.source = ? AND d.revision = ? ORDER BY d.kind, d.name",
-            (source, revision),
+    async def apply_changes(
+        self,
+        source: str,
+        revision: str,
+        *,
+        parent: str,
+        changed: Sequence[StoredDocument],
+        removed: Sequence[tuple[str, str]],
+    ) -> bool:
+        now = self.clock()
+        puts: dict[rows.Key, rows.Entry] = {(d.kind, d.name): rows.entry(d) for d in changed}
+        keys = set(puts) | set(removed)
+
+        async def body(tx: Tx) -> bool:
+            if not await self._is_stored(tx, source, revision):
+                row = await tx.one(
+                    "SELECT pages, document_count FROM revisions WHERE source = ? AND revision = ?",
+                    (source, parent),
+                )
+                if row is None:
+                    return False
+                await self._put_contents(tx, changed)
+                patched = None
+                if row[0] is not None and row[1] is not None:
+                    patched = await self._patch_pages(tx, json.loads(row[0]), row[1], puts, keys)
+                if patched is None:  # pages from before 0002, or a size they no longer suit
+                    entries = await self._entries(tx, source, parent) or {}
+                    for key in keys:
+                        entries.pop(key, None)
+                    entries.update(puts)
+                    patched = await self._paginate(tx, entries), len(entries)
+                await self._put_revision(tx, source, revision, *patched, now)
+            await self._set_applied(tx, source, revision, now)
+            return True
+
+        return await self._in_tx(body)
+
+    async def _is_stored(self, tx: Tx, source: str, revision: str) -> bool:
+        found = await tx.one(
+            "SELECT 1 FROM revisions WHERE source = ? AND revision = ?", (source, revision)
         )
+        return found is not None
+
+    async def _put_contents(self, tx: Tx, documents: Sequence[StoredDocument]) -> None:
+        digests = sorted({doc.digest for doc in documents})
+        known: set[str] = set()
+        for first in range(0, len(digests), 500):
+            chunk = digests[first : first + 500]
+            marks = ", ".join("?" for _ in chunk)
+            found = await tx.all(
+                f"SELECT digest FROM document_contents WHERE digest IN ({marks})", chunk
+            )
+            known.update(str(r[0]) for r in found)
+        fresh = {d.digest: d for d in documents if d.digest not in known}
+        await tx.many(  # in digest order, as pages: two writers never wait on each other in turn
+            "INSERT INTO document_contents (digest, content) VALUES (?, ?)"
+            " ON CONFLICT (digest) DO NOTHING",
+            [(digest, rows.dumps(fresh[digest].content)) for digest in sorted(fresh)],
+        )
+
+    async def _put_pages(self, tx: Tx, pages: Sequence[Iterable[rows.Entry]]) -> list[str]:
+        """Store pages (once per content); their digests, in order."""
+        texts = [rows.page_text(entries) for entries in pages]
+        digests = [rows.page_digest(text) for text in texts]
+        await tx.many(
+            "INSERT INTO document_pages (digest, entries) VALUES (?, ?)"
+            " ON CONFLICT (digest) DO NOTHING",
+            sorted(set(zip(digests, texts, strict=True))),
+        )
+        return digests
+
+    async def _paginate(self, tx: Tx, entries: Mapping[rows.Key, rows.Entry]) -> list[str]:
+        count = rows.page_count(len(entries))
+        pages: list[list[rows.Entry]] = [[] for _ in range(count)]
+        for key, entry in entries.items():
+            pages[rows.page_of(key, count)].append(entry)
+        return await self._put_pages(tx, pages)
+
+    async def _patch_pages(
+        self,
+        tx: Tx,
+        pages: list[str],
+        size: int,
+        puts: Mapping[rows.Key, rows.Entry],
+        keys: set[rows.Key],
+    ) -> tuple[list[str], int] | None:
+        """The parent's pages with the changes made: only the pages holding a changed key are
+        read and written. None when the new size wants another number of pages."""
+        count = len(pages)
+        touched: dict[int, set[rows.Key]] = {}
+        for key in keys:
+            touched.setdefault(rows.page_of(key, count), set()).add(key)
+        texts = await self._pages(tx, [pages[i] for i in touched])
+        new: dict[int, list[rows.Entry]] = {}
+        for i, here in touched.items():
+            entries = {(e[0], e[1]): e for e in rows.page_entries(texts[pages[i]])}
+            size -= len(entries)
+            for key in here:
+                entries.pop(key, None)
+                if key in puts:
+                    entries[key] = puts[key]
+            size += len(entries)
+            new[i] = list(entries.values())
+        if not count / 4 <= rows.page_count(size) <= count * 4:
+            return None
+        patched = list(pages)
+        for i, digest in zip(new, await self._put_pages(tx, list(new.values())), strict=True):
+            patched[i] = digest
+        return patched, size
+
+    async def _pages(self, tx: Tx, digests: Sequence[str]) -> dict[str, str]:
+        unique = sorted(set(digests))
+        texts: dict[str, str] = {}
+        for first in range(0, len(unique), 500):
+            chunk = unique[first : first + 500]
+            marks = ", ".join("?" for _ in chunk)
+            found = await tx.all(
+                f"SELECT digest, entries FROM document_pages WHERE digest IN ({marks})", chunk
+            )
+            texts.update((str(r[0]), str(r[1])) for r in found)
+        return texts
+
+    async def _put_revision(
+        self, tx: Tx, source: str, revision: str, pages: list[str], count: int, now: float
+    ) -> None:
+        await tx.execute(
+            "INSERT INTO revisions (source, revision, applied_at, pages, document_count)"
+            " VALUES (?, ?, ?, ?, ?) ON CONFLICT (source, revision) DO NOTHING",
+            (source, revision, now, json.dumps(pages), count),
+        )
+
+    async def _set_applied(self, tx: Tx, source: str, revision: str, now: float) -> None:
+        await tx.execute(
+            "INSERT INTO sources (name, applied_revision, applied_at, updated_at)"
+            " VALUES (?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET"
+            " applied_revision = excluded.applied_revision, applied_at = excluded.applied_at,"
+            " updated_at = excluded.updated_at",
+            (source, revision, now, now),
+        )
+
+    async def _entries(
+        self, tx: Tx, source: str, revision: str
+    ) -> dict[rows.Key, rows.Entry] | None:
+        """The (kind, name) -> entry list of a stored revision; None when it is not stored."""
+        row = await tx.one(
+            "SELECT pages FROM revisions WHERE source = ? AND revision = ?", (source, revision)
+        )
+        if row is None:
+            return None
+        if row[0] is None:  # applied before migration 0002: one row per document
+            found = await tx.all(
+                "SELECT kind, name, digest, path FROM documents WHERE source = ? AND revision = ?",
+                (source, revision),
+            )
+            return {(r[0], r[1]): (r[0], r[1], r[2], r[3]) for r in found}
+        texts = await self._pages(tx, json.loads(row[0]))
+        return {(e[0], e[1]): e for text in texts.values() for e in rows.page_entries(text)}
+
+    async def _documents(self, tx: Tx, source: str, revision: str) -> list[StoredDocument]:
+        entries = await self._entries(tx, source, revision)
+        if not entries:
+            return []
+        digests = sorted({e[2] for e in entries.values()})
+        contents: dict[str, Any] = {}
+        for first in range(0, len(digests), 500):
+            chunk = digests[first : first + 500]
+            marks = ", ".join("?" for _ in chunk)
+            found = await tx.all(
+                f"SELECT digest, content FROM document_contents WHERE digest IN ({marks})", chunk
+            )
+            contents.update((str(r[0]), r[1]) for r in found)
         return [
-            StoredDocument(kind=r[0], name=r[1], digest=r[2], content=json.loads(r[3]), path=r[4])
-            for r in found
+            StoredDocument(
+                kind=kind,  # type: ignore[arg-type]
+                name=name,
+                digest=digest,
+                content=json.loads(contents[digest]),
+                path=path,
+            )
+            for kind, name, digest, path in sorted(entries.values())
         ]
 
     async def applied_documents(self, source: str) -> tuple[str | None, list[StoredDocument]]:

@@ -10,9 +10,12 @@ from pathlib import Path
 import pytest
 
 from runner.errors import TransientError
+from runner.model import StoredDocument
 from runner.scheduler import Scheduler
 from runner.source.git import GitSource, GitSourceConfig
 from runner.source.reconciler import Reconciler
+from runner.spec.compile import SourceFile, compile_files
+from runner.spec.repo import builtin_agents, repo_files
 from runner.store.base import Store, open_store
 from tests.gitserver import GitServer, git_server
 
@@ -177,14 +180,14 @@ async def test_only_changed_files_are_parsed_again(
     reconciler = Reconciler(store, source)
     await reconciler.reconcile()
     read: list[str] = []
-    original = source._files
+    original = source._source_file
 
-    def spy(sha: str, known):  # type: ignore[no-untyped-def]
-        files = original(sha, known)
-        read.extend(f.path for f in files if f.data)
-        return files
+    def spy(rel: str, role: str, agent_dir: str | None, key: str, read_it: bool) -> SourceFile:
+        if read_it:
+            read.append(rel)
+        return original(rel, role, agent_dir, key, read_it)
 
-    source._files = spy  # type: ignore[method-assign]
+    source._source_file = spy  # type: ignore[method-assign]
     repo.commit({"workflows/w7.yaml": NIGHTLY.format(name="w7", cron="0 6 * * *")})
     assert (await reconciler.reconcile()).applied
     assert read == ["workflows/w7.yaml"]
@@ -222,3 +225,96 @@ async def test_a_hung_remote_is_cut_off_at_the_deadline(
     status = await store.get_source_status("main")
     assert status is not None
     assert {c.type: c.reason for c in status.conditions}["Ready"] == "FetchFailed"
+
+
+LINT = """\
+apiVersion: runner/v1
+kind: Agent
+metadata: {{name: lint}}
+spec:
+  command: [python, main.py]
+  timeout: {timeout}
+"""
+
+USES_LINT = """\
+apiVersion: runner/v1
+kind: Workflow
+metadata: {{name: {name}}}
+spec:
+  triggers: [{{manual: {{}}}}]
+  steps: [{{id: lint, agent: lint}}]
+"""
+
+
+def stored_names(docs: list[StoredDocument]) -> list[tuple[str, str, str, str]]:
+    return sorted((d.kind, d.name, d.digest, d.path) for d in docs)
+
+
+def expected_documents(work: Path) -> list[tuple[str, str, str, str]]:
+    result = compile_files(repo_files(work, ""), builtins=builtin_agents())
+    assert result.errors == []
+    return stored_names(result.documents)
+
+
+async def test_a_one_file_change_is_checked_against_the_whole_revision(
+    tmp_path: Path, server: GitServer, store: Store
+) -> None:
+    repo = Repo(tmp_path, server)
+    first = repo.commit(
+        {
+            "agents/lint/agent.yaml": LINT.format(timeout="1m"),
+            "workflows/a.yaml": USES_LINT.format(name="a"),
+            "workflows/b.yaml": NIGHTLY.format(name="build", cron="0 3 * * *"),
+            "workflows/d.yaml": USES_LINT.format(name="d"),
+        }
+    )
+    source = GitSource(GitSourceConfig(name="main", url=repo.url), tmp_path / "data")
+    reconciler = Reconciler(store, source)
+    assert (await reconciler.reconcile()).applied
+    applied = {first: expected_documents(repo.work)}
+
+    async def refused_with(errors: list[str]) -> None:
+        result = await reconciler.reconcile()
+        assert (result.applied, result.errors) == (False, len(errors))
+        status = await store.get_source_status("main")
+        assert status is not None
+        assert status.applied_revision == first  # the last good revision stays applied
+        found = [f"{e['path']}:{e['line']}:{e['column']}: {e['message']}" for e in status.errors]
+        assert found == errors
+
+    # a new file takes the name of an unchanged one
+    repo.commit({"workflows/c.yaml": NIGHTLY.format(name="build", cron="0 4 * * *")})
+    await refused_with(
+        [
+            "workflows/c.yaml:3:18: workflow 'build' is already defined in workflows/b.yaml:3; "
+            "names are unique per kind"
+        ]
+    )
+    # that one fixed, but an agent two unchanged workflows use is deleted
+    repo.commit({"workflows/c.yaml": None, "agents/lint/agent.yaml": None})
+    unknown = "unknown agent 'lint'; an agent is built in or lives in agents/<name>/agent.yaml"
+    await refused_with([f"workflows/a.yaml:6:29: {unknown}", f"workflows/d.yaml:6:29: {unknown}"])
+    # the agent back, but broken: its own error, and its users are not called unknown
+    repo.commit({"agents/lint/agent.yaml": LINT.format(timeout="0s")})
+    await refused_with(["agents/lint/agent.yaml:6:12: a timeout must be longer than 0s"])
+
+    fixed = repo.commit({"agents/lint/agent.yaml": LINT.format(timeout="2m")})
+    assert (await reconciler.reconcile()).applied
+    applied[fixed] = expected_documents(repo.work)
+    renamed = repo.commit(
+        {
+            "workflows/b.yaml": None,
+            "workflows/e.yaml": NIGHTLY.format(name="build", cron="5 * * * *"),
+        }
+    )
+    assert (await reconciler.reconcile()).applied
+    applied[renamed] = expected_documents(repo.work)
+    assert (await store.get_source_status("main")).errors == ()  # type: ignore[union-attr]
+
+    # after a restart: a fresh reconciler writes the next revision in full, and it is right
+    restarted = Reconciler(store, GitSource(source.config, tmp_path / "data2"))
+    last = repo.commit({"workflows/a.yaml": None})
+    assert (await restarted.reconcile()).applied
+    applied[last] = expected_documents(repo.work)
+    for revision, documents in applied.items():  # every applied revision reads back whole
+        assert stored_names(await store.revision_documents("main", revision)) == documents

@@ -194,6 +194,89 @@ async def test_apply_revision_is_atomic_and_keeps_old_revisions(store: Store) ->
     assert [d.name for d in (await store.applied_documents("main"))[1]] == ["c", "a"]
 
 
+def names(docs: list[StoredDocument]) -> list[tuple[str, str, str]]:
+    return [(d.kind, d.name, d.digest) for d in docs]
+
+
+async def test_apply_changes_writes_a_revision_as_a_change_to_its_parent(store: Store) -> None:
+    await store.apply_revision("main", "r1", [doc("a", "d1"), doc("b", "d2")])
+    assert await store.apply_changes(
+        "main",
+        "r2",
+        parent="r1",
+        changed=[doc("b", "d4"), doc("c", "d3", kind="Agent")],
+        removed=[],
+    )
+    assert await store.apply_changes(
+        "main", "r3", parent="r2", changed=[], removed=[("Workflow", "a")]
+    )
+    assert await store.applied_documents("main") == (
+        "r3",
+        await store.revision_documents("main", "r3"),
+    )
+    assert names(await store.revision_documents("main", "r3")) == [
+        ("Agent", "c", "d3"),
+        ("Workflow", "b", "d4"),
+    ]
+    assert names(await store.revision_documents("main", "r2")) == [
+        ("Agent", "c", "d3"),
+        ("Workflow", "a", "d1"),
+        ("Workflow", "b", "d4"),
+    ]
+    assert names(await store.revision_documents("main", "r1")) == [
+        ("Workflow", "a", "d1"),
+        ("Workflow", "b", "d2"),
+    ]
+    (b,) = [d for d in await store.revision_documents("main", "r3") if d.name == "b"]
+    assert (b.content, b.path) == ({"metadata": {"name": "b"}, "v": "d4"}, "workflows/b.yaml")
+    # a revision stored already becomes the applied one; the changes given are ignored
+    assert await store.apply_changes(
+        "main", "r1", parent="r3", changed=[doc("z", "d9")], removed=[]
+    )
+    assert names((await store.applied_documents("main"))[1]) == names(
+        await store.revision_documents("main", "r1")
+    )
+
+
+async def test_apply_changes_refuses_a_parent_that_is_not_stored(store: Store) -> None:
+    await store.apply_revision("main", "r1", [doc("a", "d1")])
+    assert not await store.apply_changes("main", "r2", parent="nope", changed=[], removed=[])
+    assert not await store.apply_changes("other", "r2", parent="r1", changed=[], removed=[])
+    assert (await store.applied_documents("main"))[0] == "r1"
+    assert await store.revision_documents("main", "r2") == []
+    assert await store.applied_documents("other") == (None, [])
+
+
+async def test_apply_changes_stays_right_as_a_source_grows_and_shrinks(store: Store) -> None:
+    """Crossing the sizes at which a revision's list is laid out again (up and down)."""
+    expected = {f"w{i}": f"d{i}" for i in range(3)}
+    await store.apply_revision("main", "r0", [doc(n, d) for n, d in expected.items()])
+    steps: list[tuple[list[StoredDocument], list[str]]] = [
+        ([doc(f"w{i}", f"d{i}") for i in range(3, 300)], []),  # grows 100x
+        ([doc("w5", "x5"), doc("w299", "x299")], ["w7", "w8"]),
+        ([], [f"w{i}" for i in range(10, 300)]),  # shrinks 30x
+        ([doc("w1", "y1")], ["w0", "w2", "w3", "w4", "w5", "w6", "w9"]),
+        ([], ["w1"]),  # empty
+        ([doc("back", "b")], []),
+    ]
+    for n, (changed, removed) in enumerate(steps, start=1):
+        assert await store.apply_changes(
+            "main",
+            f"r{n}",
+            parent=f"r{n - 1}",
+            changed=changed,
+            removed=[("Workflow", name) for name in removed],
+        )
+        for name in removed:
+            del expected[name]
+        expected.update({d.name: d.digest for d in changed})
+        found = await store.revision_documents("main", f"r{n}")
+        assert sorted((d.name, d.digest) for d in found) == sorted(expected.items())
+    assert names(await store.revision_documents("main", "r0")) == [
+        ("Workflow", f"w{i}", f"d{i}") for i in range(3)
+    ]
+
+
 async def test_source_status_round_trip_keeps_the_applied_revision(store: Store) -> None:
     await store.apply_revision("main", "r1", [])
     status = SourceStatus(
