@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev,postgres,agents]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,postgres,agents,dagger]'
 	touch $(STAMP)
 
 # Scan the bundled sample application with pr-security-review; it stops at the patcher's

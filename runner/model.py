@@ -144,9 +144,10 @@ StepStatus = Literal[
 FINISHED: frozenset[str] = frozenset({"succeeded", "failed", "cancelled", "rejected", "skipped"})
 
 # For each run status, the statuses a run may come from. `queued` from a finished failure is a
-# retry; `skipped` is a run its concurrency group decided not to start.
+# retry, from `running` a run paused while its executor is unavailable (circuit open);
+# `skipped` is a run its concurrency group decided not to start.
 RUN_TRANSITIONS: Mapping[str, frozenset[str]] = {
-    "queued": frozenset({"failed", "cancelled", "rejected"}),
+    "queued": frozenset({"failed", "cancelled", "rejected", "running"}),
     "running": frozenset({"queued", "waiting_approval"}),
     "waiting_approval": frozenset({"running"}),
     "succeeded": frozenset({"running"}),

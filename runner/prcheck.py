@@ -17,6 +17,7 @@ from pathlib import Path
 import pygit2
 
 from runner.errors import SpecError, TransientError
+from runner.executors.images import ImagePolicy
 from runner.forges.api import ForgeReporting
 from runner.forges.events import ForgeEvent
 from runner.model import Bundle
@@ -98,7 +99,9 @@ class PullRequestCheck:
         kinds: Mapping[str, str],
         *,
         deadline: float = 60.0,
+        images: ImagePolicy | None = None,
     ) -> None:
+        self.images = images
         self.store = store
         self.loader = loader
         self.sources = dict(sources)
@@ -176,7 +179,7 @@ class PullRequestCheck:
             return None  # the PR changes no workflow or agent file
         prefix = "" if config.path in ("", ".") else config.path.strip("/") + "/"
         files = tree_files(repo, head_tree, prefix) if head_tree is not None else []
-        result = compile_files(files, builtins=builtin_agents())
+        result = compile_files(files, builtins=builtin_agents(), images=self.images)
         return list(result.errors), str(head_commit.id), result.bundle
 
     async def _report(self, event: ForgeEvent, verdict: Verdict) -> None:

@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import uvicorn
 
@@ -19,7 +20,9 @@ from runner.comments import CommentHandler
 from runner.dag.engine import Engine, EngineOptions, Listener
 from runner.dispatch import Dispatcher
 from runner.errors import UsageError
-from runner.executors.base import Executor, open_executor
+from runner.executors.base import open_executor
+from runner.executors.breaker import CircuitBreaker
+from runner.executors.images import ImagePolicy
 from runner.forges.api import ForgeClient, ForgeReporting
 from runner.forges.base import verifier
 from runner.forges.github import GiteaClient, GitHubClient, GitHubReporting
@@ -54,7 +57,7 @@ def node_name() -> str:
 class Runtime:
     settings: Settings
     store: Store
-    executor: Executor
+    executor: CircuitBreaker
     engine: Engine
     node: str
 
@@ -78,10 +81,7 @@ async def runtime(
     await store.open()
     try:
         await store.migrate()
-        options = (
-            {"sandbox": settings.executor.sandbox} if settings.executor.kind == "local" else {}
-        )
-        executor = open_executor(settings.executor.kind, **options)
+        executor = build_executor(settings)
         node = node_name()
         engine = Engine(
             store,
@@ -97,9 +97,44 @@ async def runtime(
             listener=listener,
             reporter=reporter,
         )
-        yield Runtime(settings=settings, store=store, executor=executor, engine=engine, node=node)
+        try:
+            yield Runtime(
+                settings=settings, store=store, executor=executor, engine=engine, node=node
+            )
+        finally:
+            await executor.aclose()
     finally:
         await store.close()
+
+
+def image_policy(settings: Settings) -> ImagePolicy:
+    """Which agent images a revision may use (`executor.images`)."""
+    images = settings.executor.images
+    return ImagePolicy.of(
+        images.get("allowed_registries", ()), bool(images.get("require_digest", False))
+    )
+
+
+def build_executor(settings: Settings) -> CircuitBreaker:
+    """The configured executor inside its circuit breaker (`executor.breaker`)."""
+    config = settings.executor
+    options: dict[str, Any] = {}
+    if config.kind == "local":
+        options["sandbox"] = config.sandbox
+    elif config.kind == "dagger":
+        durations = ("connect_timeout", "health_timeout", "kill_grace", "deadline_slack")
+        for key, value in config.dagger.items():
+            options[key] = parse_duration(str(value)) if key in durations else value
+        options["allowed_registries"] = tuple(config.images.get("allowed_registries", ()))
+        options["require_digest"] = bool(config.images.get("require_digest", False))
+    breaker = config.breaker
+    return CircuitBreaker(
+        open_executor(config.kind, **options),
+        failures=int(breaker.get("failures", 5)),
+        window=parse_duration(str(breaker.get("window", "2m"))),
+        cooldown=parse_duration(str(breaker.get("cooldown", "60s"))),
+        successes=int(breaker.get("successes", 3)),
+    )
 
 
 def build_sources(settings: Settings) -> list[Source]:
@@ -208,7 +243,10 @@ async def serve(settings: Settings, *, role: str, stop: asyncio.Event, grace: fl
             await scheduler.sync(source, revision, bundle, catch_up=catch_up)
             workers.nudge()
 
-        reconcilers = [Reconciler(rt.store, source, sync=sync) for source in sources]
+        reconcilers = [
+            Reconciler(rt.store, source, sync=sync, images=image_policy(settings))
+            for source in sources
+        ]
         by_source = {r.source.name: r for r in reconcilers}
         dispatcher = Dispatcher(
             rt.store,
@@ -229,6 +267,7 @@ async def serve(settings: Settings, *, role: str, stop: asyncio.Event, grace: fl
                 Path(settings.data_dir),
                 reporting,
                 kinds,
+                images=image_policy(settings),
             ),
         )
 
@@ -237,8 +276,10 @@ async def serve(settings: Settings, *, role: str, stop: asyncio.Event, grace: fl
             return (not pending, "migrations current" if not pending else f"pending: {pending}")
 
         async def executor_ready() -> tuple[bool, str]:
+            # An open circuit is reported, not "unready": deliveries and API calls still work,
+            # and runs wait queued until the engine is back.
             health = await rt.executor.health()
-            return health.ok, health.detail
+            return health.ok or rt.executor.state != "closed", health.detail
 
         async def sources_ready() -> tuple[bool, str]:
             statuses = {s.name: s for s in await rt.store.list_source_statuses()}
@@ -304,6 +345,14 @@ async def serve(settings: Settings, *, role: str, stop: asyncio.Event, grace: fl
                 for reconciler in reconcilers:
                     group.create_task(reconciler.run_forever(stop))
                 group.create_task(workers.run_forever(stop, grace=grace))
+                group.create_task(
+                    rt.executor.watch(
+                        stop,
+                        interval=parse_duration(
+                            str(settings.executor.breaker.get("check_interval", "30s"))
+                        ),
+                    )
+                )
                 group.create_task(dispatcher.run_forever(stop, rt.node))
             if role in ("all", "web"):
                 group.create_task(server.serve())

@@ -49,6 +49,9 @@ class ExecutorSettings:
     max_parallel: int = 4
     keep_failed_workspaces: bool = False
     sandbox: bool = True
+    dagger: Mapping[str, Any] = field(default_factory=dict)
+    images: Mapping[str, Any] = field(default_factory=dict)
+    breaker: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -45,7 +45,8 @@ class WorkerPool:
                     await self._housekeeping()
                     last_housekeeping = time.monotonic()
                 free = self.slots - len(self.tasks)
-                if free > 0:
+                accepting = getattr(self.engine.executor, "accepting", None)
+                if free > 0 and (accepting is None or accepting()):  # not while the circuit is open
                     for run in await self.store.acquire_runs(
                         self.node, self.engine.options.lease, free
                     ):

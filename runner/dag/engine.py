@@ -168,10 +168,11 @@ class _Execution:
         heartbeat = asyncio.create_task(self._heartbeat())
         try:
             timed_out = await self._loop()
-        except ExecutorUnavailable as exc:
+        except ExecutorUnavailable as exc:  # not the run's fault: it waits queued, unfailed
             log.warning("run %d paused: executor unavailable: %s", self.run.id, exc)
+            requeued = await self.store.transition_run(self.run.id, "queued")
             await self.store.release_run(self.engine.options.node, self.run.id)
-            return await self._current()
+            return requeued or await self._current()
         finally:
             heartbeat.cancel()
         return await self._conclude(timed_out)

@@ -60,7 +60,9 @@ class Health:
 
 
 class Executor(Protocol):
-    name: str
+    @property
+    def name(self) -> str:
+        """The executor's kind (local, dagger), for logs and metrics."""
 
     async def run_step(self, step: StepSpec, log: LogSink) -> StepResult:
         """Run the agent once. Its stdout and stderr go to `log` (secret values masked). The
@@ -122,4 +124,12 @@ def open_executor(kind: str, **options: Any) -> Executor:
         from runner.executors.local import LocalExecutor
 
         return LocalExecutor(**options)
+    if kind == "dagger":
+        try:
+            from runner.executors.dagger import DaggerExecutor
+        except ImportError as exc:  # the `dagger` extra is not installed
+            raise UsageError(
+                f"executor 'dagger' needs the dagger extra (pip install 'runner[dagger]'): {exc}"
+            ) from None
+        return DaggerExecutor(**options)
     raise UsageError(f"unknown executor {kind!r}; expected one of ['dagger', 'local']")

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Protocol
 
 from runner.errors import PermanentError, TransientError
+from runner.executors.images import ImagePolicy
 from runner.model import Bundle, Condition, SourceStatus
 from runner.revisions import BundleLoader
 from runner.spec.compile import Compiler, Result, SourceFile
@@ -86,7 +87,9 @@ class Reconciler:
         sync: Sync | None = None,
         fetch_deadline: float = 60.0,
         clock: Callable[[], float] = time.time,
+        images: ImagePolicy | None = None,
     ) -> None:
+        self.images = images
         self.store = store
         self.source = source
         self.sync = sync
@@ -210,7 +213,7 @@ class Reconciler:
     async def _compile(self, revision: str) -> Result:
         """The whole outcome of `revision`, compiling only what changed since the kept one."""
         kept = self.compiled
-        compiler = kept.compiler if kept is not None else Compiler(builtin_agents())
+        compiler = kept.compiler if kept is not None else Compiler(builtin_agents(), self.images)
         changes: Changes | None = None
         if kept is not None:
             same = kept.revision == revision

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from runner.errors import SpecError
+from runner.executors.images import ImagePolicy, image_problems
 from runner.model import (
     Agent,
     ApprovalPolicy,
@@ -108,7 +109,7 @@ def _strings(value: Any) -> list[tuple[list[str | int], str]]:
 
 
 def _agent(
-    doc: Document, role: Role, agent_dir: str | None
+    doc: Document, role: Role, agent_dir: str | None, images: ImagePolicy | None = None
 ) -> tuple[Agent | None, list[SpecError]]:
     data, errors = doc.data, []
     spec = _get(data, "spec")
@@ -164,6 +165,8 @@ def _agent(
         network=spec.get("network") is True,
         secrets=tuple(s for s in spec.get("secrets") or () if isinstance(s, str)),
     )
+    if isinstance(spec.get("image"), str):  # a valid reference, from an allowed registry
+        errors += [doc.error(["spec", "image"], p) for p in image_problems(spec["image"], images)]
     return agent, errors
 
 
@@ -559,8 +562,9 @@ class Compiler:
     written as its changes against the revision applied last (`delta`).
     """
 
-    def __init__(self, builtins: Mapping[str, Agent]) -> None:
+    def __init__(self, builtins: Mapping[str, Agent], images: ImagePolicy | None = None) -> None:
         self._builtins = builtins
+        self._images = images
         self._files: dict[Any, _File] = {}
         self._defs: dict[Key, list[_Doc]] = {}
         self._agents: dict[str, Agent] = dict(builtins)
@@ -753,7 +757,7 @@ class Compiler:
     def _check_agent(self, d: _Doc, before: dict[str, tuple[Agent | None, bool]]) -> None:
         if self._clash(d):
             return
-        agent, problems = _agent(d.doc, d.role, d.agent_dir)
+        agent, problems = _agent(d.doc, d.role, d.agent_dir, self._images)
         if problems:
             self._errors[d] = problems
         if d.name is None:
@@ -794,11 +798,17 @@ class Compiler:
             self._guessing.add(d)
 
 
-def compile_files(files: Iterable[SourceFile], *, builtins: Mapping[str, Agent]) -> Result:
+def compile_files(
+    files: Iterable[SourceFile],
+    *,
+    builtins: Mapping[str, Agent],
+    images: ImagePolicy | None = None,
+) -> Result:
     """Validate and compile a set of files; the bundle holds what compiled, `errors` the rest.
+    `images` says which agent images are allowed (any valid reference without it).
 
     Of two documents with one name, the one earlier in `files` defines it."""
-    compiler = Compiler(builtins)
+    compiler = Compiler(builtins, images)
     compiler._change([(i, i, f) for i, f in enumerate(files)], [])
     return compiler.result()
 

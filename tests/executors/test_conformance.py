@@ -1,5 +1,6 @@
-"""What every executor must do, run against each one (local sandboxed, local unsandboxed; the
-Dagger executor joins this list when it lands)."""
+"""What every executor must do, run against each one: local sandboxed, local unsandboxed, and
+the Dagger executor through the real dagger-io SDK attached to the engine DOUBLE
+(tests/executors/dagger_double.py), the only engine these machines can run."""
 
 from __future__ import annotations
 
@@ -25,8 +26,11 @@ OUTPUTS = {
 }
 
 
-@pytest.fixture(params=["local-sandboxed", "local-unsandboxed"])
+@pytest.fixture(params=["local-sandboxed", "local-unsandboxed", "dagger-on-engine-double"])
 def executor(request: pytest.FixtureRequest) -> Executor:
+    if request.param == "dagger-on-engine-double":
+        found: Executor = request.getfixturevalue("dagger_executor")
+        return found
     if request.param == "local-sandboxed":
         path, reason = find_bwrap()
         if path is None:
@@ -238,7 +242,10 @@ async def test_no_network_unless_declared(
     )
     assert opened.outputs == {"answer": 1}
     health = await executor.health()
-    if health.sandboxed:
+    if executor.name == "dagger":  # the engine gives containers network; the step log says so
+        assert closed.outputs == {"answer": 1}
+        assert "network: false is not enforced" in log
+    elif health.sandboxed:
         assert closed.outputs == {"answer": 0}
     else:  # no isolation without a sandbox, and the step log says so
         assert closed.outputs == {"answer": 1}
