@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from runner import logs, metrics, tracing
 from runner.errors import PermanentError, TransientError
 from runner.executors.images import ImagePolicy
 from runner.model import Bundle, Condition, SourceStatus
@@ -104,6 +105,26 @@ class Reconciler:
         self.nudged.set()
 
     async def reconcile(self) -> Pass:
+        """One pass, timed and counted (`runner_reconcile_*`) and traced."""
+        name = self.source.name
+        begun = time.monotonic()
+        outcome = "error"
+        with logs.context(source=name), tracing.span("reconcile", source=name):
+            try:
+                result = await self._reconcile()
+            except (TransientError, PermanentError):
+                outcome = "fetch_failed"
+                raise
+            else:
+                outcome = (
+                    "applied" if result.applied else "refused" if result.errors else "unchanged"
+                )
+                return result
+            finally:
+                metrics.RECONCILES.labels(name, outcome).inc()
+                metrics.RECONCILE_DURATION.labels(name).observe(time.monotonic() - begun)
+
+    async def _reconcile(self) -> Pass:
         name = self.source.name
         begun = self.clock()
         previous = await self.store.get_source_status(name) or SourceStatus(name=name)

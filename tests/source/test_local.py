@@ -62,3 +62,29 @@ async def test_a_folder_is_compiled_by_changed_files(
         ("a", "0 3 * * *"),
         ("b", "0 5 * * *"),
     ]
+
+
+async def test_each_pass_is_counted_and_timed_by_outcome(tmp_path: Path, store: Store) -> None:
+    from prometheus_client import REGISTRY
+
+    def count(outcome: str) -> float:
+        value = REGISTRY.get_sample_value(
+            "runner_reconcile_total", {"source": "metered", "outcome": outcome}
+        )
+        return value or 0.0
+
+    root = tmp_path / "metered"
+    (root / "workflows").mkdir(parents=True)
+    (root / "workflows" / "a.yaml").write_text(NIGHTLY.format(name="a", cron="0 3 * * *"))
+    reconciler = Reconciler(store, DirectorySource("metered", root))
+    before = {o: count(o) for o in ("applied", "unchanged", "refused")}
+    await reconciler.reconcile()
+    await reconciler.reconcile()
+    (root / "workflows" / "b.yaml").write_text("kind: Workflow\n")
+    await reconciler.reconcile()
+    assert {o: count(o) - before[o] for o in before} == {"applied": 1, "unchanged": 1, "refused": 1}
+    timed = REGISTRY.get_sample_value(
+        "runner_reconcile_duration_seconds_count", {"source": "metered"}
+    )
+    assert timed is not None
+    assert timed >= 3
