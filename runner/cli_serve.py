@@ -63,7 +63,11 @@ async def _serve(settings: Settings, role: str, grace: float) -> None:
 @click.command("reconcile")
 @config_option
 @click.option(
-    "--once", is_flag=True, help="One pass (the default: a running service is nudged by its API)."
+    "--once",
+    is_flag=True,
+    help="One pass in this process, then exit (what this command does; a running service also "
+    "follows the applied revision at its next pass, or at once through "
+    "POST /api/sources/NAME/reconcile).",
 )
 def reconcile_command(config_path: str | None, once: bool) -> None:
     """Reconcile the configured sources now, once, and print what happened."""

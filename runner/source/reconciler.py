@@ -99,6 +99,7 @@ class Reconciler:
         self.compiled: Compiled | None = None
         self.nudged = asyncio.Event()
         self.started = False
+        self.synced: str | None = None  # the revision whose schedules were last synced
 
     def nudge(self) -> None:
         """Reconcile as soon as possible (nudges during a pass are coalesced into one)."""
@@ -142,10 +143,13 @@ class Reconciler:
             raise
         fetched = self.clock()
         applied = previous.applied_revision
-        if not self.started and applied and self.sync is not None:
-            bundle = await self._bundle(applied)  # schedules of what was applied before a restart
+        if applied and applied != self.synced and self.sync is not None:
+            # schedules of what was applied before a restart, or by another process (another
+            # replica, `runner reconcile`): this process's scheduler follows the store
+            bundle = await self._bundle(applied)
             if bundle is not None:
-                await self.sync(name, applied, bundle, True)
+                await self.sync(name, applied, bundle, not self.started)
+                self.synced = applied
         self.started = True
         if revision == applied or (revision == previous.attempted_revision and previous.errors):
             await self._status(
@@ -203,6 +207,7 @@ class Reconciler:
         await self._apply(revision)
         if self.sync is not None:
             await self.sync(name, revision, result.bundle, False)
+            self.synced = revision
         status = SourceStatus(name=name, attempted_revision=revision, attempted_at=fetched)
         await self._status(
             status,

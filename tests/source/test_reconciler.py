@@ -212,6 +212,52 @@ async def test_token_credentials_come_from_the_environment_and_stay_secret(
     assert "s3cret-token-42" not in (source.mirror_path / "config").read_text()
 
 
+async def test_user_and_password_credentials(
+    tmp_path: Path, server: GitServer, store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    repo = Repo(tmp_path, server)
+    repo.commit({"workflows/a.yaml": NIGHTLY.format(name="a", cron="0 3 * * *")})
+    server.require_basic("deploy-bot", "pa55-w0rd-77")
+    config = GitSourceConfig(
+        name="main",
+        url=repo.url,
+        credentials={"username_env": "GIT_USER", "password_env": "GIT_PASSWORD"},
+    )
+    monkeypatch.setenv("GIT_USER", "deploy-bot")
+    monkeypatch.setenv("GIT_PASSWORD", "wrong")
+    with pytest.raises(TransientError):
+        await Reconciler(store, GitSource(config, tmp_path / "data")).reconcile()
+    monkeypatch.setenv("GIT_PASSWORD", "pa55-w0rd-77")
+    source = GitSource(config, tmp_path / "data")
+    assert (await Reconciler(store, source).reconcile()).applied
+    assert "pa55-w0rd-77" not in repr(await store.get_source_status("main"))
+    assert "pa55-w0rd-77" not in (source.mirror_path / "config").read_text()
+
+
+async def test_a_revision_applied_elsewhere_reaches_this_process_schedules(
+    tmp_path: Path, server: GitServer, store: Store
+) -> None:
+    """`runner reconcile` (or another replica) applies a commit; the running service's own
+    pass finds the branch unchanged against the store, and still syncs its scheduler."""
+    repo = Repo(tmp_path, server)
+    repo.commit({"workflows/a.yaml": NIGHTLY.format(name="a", cron="0 3 * * *")})
+    scheduler = Scheduler(store.request_run)
+    config = GitSourceConfig(name="main", url=repo.url)
+    service = Reconciler(
+        store,
+        GitSource(config, tmp_path / "service"),
+        sync=lambda s, r, b, c: scheduler.sync(s, r, b, catch_up=c),
+    )
+    await service.reconcile()
+    assert list(scheduler.jobs) == ["main|a|0 3 * * *|UTC"]
+    repo.commit({"workflows/b.yaml": NIGHTLY.format(name="b", cron="30 4 * * *")})
+    elsewhere = await Reconciler(store, GitSource(config, tmp_path / "cli")).reconcile()
+    assert elsewhere.applied
+    again = await service.reconcile()
+    assert not again.applied  # nothing new for the store
+    assert sorted(scheduler.jobs) == ["main|a|0 3 * * *|UTC", "main|b|30 4 * * *|UTC"]
+
+
 async def test_a_hung_remote_is_cut_off_at_the_deadline(
     tmp_path: Path, server: GitServer, store: Store
 ) -> None:
