@@ -523,7 +523,15 @@ class EngineDouble:
                 "HOME": "/tmp",
                 "PYTHON_VERSION": "3.12.double",
             },
-            binds={"/image/bin": bin_dir},
+            binds={
+                "/image/bin": bin_dir,
+                # the interpreter may live under /tmp (a clone there), which a container hides
+                **{
+                    prefix: Path(prefix)
+                    for prefix in {sys.prefix, sys.base_prefix, sys.exec_prefix}
+                    if prefix.startswith("/tmp")
+                },
+            },
         )
         for tag in ("3.12-slim", "3.12", "3.11-slim", "3.13-slim", "latest"):
             self.images[f"python:{tag}"] = image
