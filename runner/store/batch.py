@@ -65,7 +65,7 @@ class EventWriter:
                     return await self._write(tx, batch)
 
                 try:
-                    stored = await self.store._in_tx(write)
+                    stored = await self.store._in_tx(write, single=True)
                 except Exception as exc:  # every caller of the batch hears of it
                     for _, future in batch:
                         if not future.done():

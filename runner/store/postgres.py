@@ -82,6 +82,8 @@ class PostgresStore(SqlStore):
             open=False,
             timeout=10.0,
             name="runner",
+            # transactions are explicit (`_transaction`); a statement alone is its own
+            kwargs={"autocommit": True},
         )
 
     async def open(self) -> None:
@@ -95,6 +97,14 @@ class PostgresStore(SqlStore):
 
     async def _lock_migrations(self, tx: Tx) -> None:
         await tx.execute("SELECT pg_advisory_xact_lock(?)", (MIGRATION_LOCK,))
+
+    @asynccontextmanager
+    async def _statement(self) -> AsyncIterator[Tx]:
+        try:
+            async with self._pool.connection() as conn, conn.cursor() as cursor:
+                yield _PgTx(cursor)
+        except _TRANSIENT as exc:
+            raise TransientError(f"PostgreSQL: {type(exc).__name__}: {exc}") from exc
 
     @asynccontextmanager
     async def _transaction(self, *, write: bool) -> AsyncIterator[Tx]:

@@ -110,22 +110,33 @@ class SqlStore:
     def _transaction(self, *, write: bool) -> AbstractAsyncContextManager[Tx]:
         raise NotImplementedError
 
+    def _statement(self) -> AbstractAsyncContextManager[Tx]:
+        """For work whose every statement stands alone (each atomic by itself): a backend may
+        skip BEGIN and COMMIT (PostgreSQL autocommit: one round trip instead of three)."""
+        return self._transaction(write=True)
+
     async def _lock_migrations(self, tx: Tx) -> None:
         """Keep two processes from migrating at once (held until the transaction ends)."""
 
     # -- plumbing ---------------------------------------------------------------------------------
-    async def _in_tx(self, body: Callable[[Tx], Awaitable[T]], *, write: bool = True) -> T:
-        """Run `body` in a transaction, retried on transient errors. A caller that is cancelled
-        does not cut a transaction in half: it finishes (commit or rollback) on its own."""
-        task = asyncio.ensure_future(self._attempts(body, write=write))
+    async def _in_tx(
+        self, body: Callable[[Tx], Awaitable[T]], *, write: bool = True, single: bool = False
+    ) -> T:
+        """Run `body` in a transaction (`single`: statements that stand alone, see
+        `_statement`), retried on transient errors. A caller that is cancelled does not cut a
+        transaction in half: it finishes (commit or rollback) on its own."""
+        task = asyncio.ensure_future(self._attempts(body, write=write, single=single))
         task.add_done_callback(_consume)
         return await asyncio.shield(task)
 
-    async def _attempts(self, body: Callable[[Tx], Awaitable[T]], *, write: bool) -> T:
+    async def _attempts(
+        self, body: Callable[[Tx], Awaitable[T]], *, write: bool, single: bool = False
+    ) -> T:
         delay = 0.02
         for attempt in range(self.retries):
             try:
-                async with self._transaction(write=write) as tx:
+                context = self._statement() if single else self._transaction(write=write)
+                async with context as tx:
                     return await body(tx)
             except TransientError as exc:
                 if attempt == self.retries - 1:
