@@ -77,6 +77,10 @@ def page_entries(text: str) -> list[Entry]:
     return [(e[0], e[1], e[2], e[3]) for e in json.loads(text)]
 
 
+def _mapping(text: str) -> Any:
+    return {} if text == "{}" else json.loads(text)  # most runs have no inputs
+
+
 def run(row: tuple[Any, ...]) -> Run:
     return Run(
         id=int(row[0]),
@@ -85,8 +89,8 @@ def run(row: tuple[Any, ...]) -> Run:
         revision=row[3],
         status=row[4],
         idempotency_key=row[5],
-        trigger=json.loads(row[6]),
-        inputs=json.loads(row[7]),
+        trigger=_mapping(row[6]),
+        inputs=_mapping(row[7]),
         concurrency_group=row[8],
         created_at=row[9],
         updated_at=row[10],

@@ -234,13 +234,13 @@ class SqlStore:
             row = await tx.one(self._SOURCE + " WHERE name = ?", (name,))
             return rows.source(row) if row else None
 
-        return await self._in_tx(body, write=False)
+        return await self._in_tx(body, write=False, single=True)
 
     async def list_source_statuses(self) -> list[SourceStatus]:
         async def body(tx: Tx) -> list[SourceStatus]:
             return [rows.source(r) for r in await tx.all(self._SOURCE + " ORDER BY name")]
 
-        return await self._in_tx(body, write=False)
+        return await self._in_tx(body, write=False, single=True)
 
     async def apply_revision(
         self, source: str, revision: str, documents: Sequence[StoredDocument]
@@ -549,7 +549,7 @@ class SqlStore:
             row = await tx.one(f"SELECT {rows.RUN} FROM runs WHERE id = ?", (run_id,))
             return rows.run(row) if row else None
 
-        return await self._in_tx(body, write=False)
+        return await self._in_tx(body, write=False, single=True)
 
     async def list_runs(
         self,
@@ -574,7 +574,7 @@ class SqlStore:
         async def body(tx: Tx) -> list[Run]:
             return [rows.run(r) for r in await tx.all(sql, params)]
 
-        return await self._in_tx(body, write=False)
+        return await self._in_tx(body, write=False, single=True)
 
     async def transition_run(
         self, run_id: int, to: RunStatus, *, error: str | None = None
@@ -726,7 +726,7 @@ class SqlStore:
             )
             return [rows.step(r) for r in found]
 
-        return await self._in_tx(body, write=False)
+        return await self._in_tx(body, write=False, single=True)
 
     async def append_log(self, run_id: int, step_id: str, data: bytes) -> int:
         async def body(tx: Tx) -> int:
@@ -832,7 +832,7 @@ class SqlStore:
             )
             return rows.approval(row) if row else None
 
-        return await self._in_tx(body, write=False)
+        return await self._in_tx(body, write=False, single=True)
 
     async def list_approvals(
         self, *, status: str | None = None, run_id: int | None = None
@@ -843,7 +843,7 @@ class SqlStore:
         async def body(tx: Tx) -> list[Approval]:
             return [rows.approval(r) for r in await tx.all(sql, params)]
 
-        return await self._in_tx(body, write=False)
+        return await self._in_tx(body, write=False, single=True)
 
     async def add_decision(self, decision: Decision) -> Decision:
         values = (
@@ -879,7 +879,7 @@ class SqlStore:
             )
             return [rows.decision(r) for r in found]
 
-        return await self._in_tx(body, write=False)
+        return await self._in_tx(body, write=False, single=True)
 
     async def close_approval(self, approval_id: int, status: str) -> Approval | None:
         if status not in ("approved", "rejected", "expired"):

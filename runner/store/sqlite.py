@@ -123,6 +123,20 @@ class SqliteStore(SqlStore):
             self._conn = None
 
     @asynccontextmanager
+    async def _statement(self) -> AsyncIterator[Tx]:
+        """Statements that stand alone: SQLite makes each atomic by itself (no BEGIN/COMMIT,
+        two thread hops saved)."""
+        if self._conn is None:
+            raise RuntimeError("the store is not open: call open() first")
+        async with self._lock:
+            try:
+                yield _SqliteTx(self._conn)
+            except sqlite3.OperationalError as exc:
+                if "locked" in str(exc) or "busy" in str(exc):
+                    raise TransientError(f"SQLite is busy: {exc}") from exc
+                raise
+
+    @asynccontextmanager
     async def _transaction(self, *, write: bool) -> AsyncIterator[Tx]:
         if self._conn is None:
             raise RuntimeError("the store is not open: call open() first")
