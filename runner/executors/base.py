@@ -7,13 +7,16 @@ raised, as `ExecutorUnavailable`, and only those count against an executor's hea
 
 from __future__ import annotations
 
+import json
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
 from typing import Any, Protocol
 
 from runner.errors import TransientError, UsageError
 from runner.model import Agent
+from runner.spec.schema import compile_schema, translate
 
 LogSink = Callable[[bytes], Awaitable[None]]
 
@@ -133,3 +136,33 @@ def open_executor(kind: str, **options: Any) -> Executor:
             ) from None
         return DaggerExecutor(**options)
     raise UsageError(f"unknown executor {kind!r}; expected one of ['dagger', 'local']")
+
+
+NO_OUTPUT = "the agent wrote no output: write one JSON object to $RUNNER_OUTPUT"
+
+
+@cache
+def _validator(schema_json: str) -> Any:
+    return compile_schema(json.loads(schema_json))
+
+
+def read_outputs(text: str, step: StepSpec) -> tuple[Mapping[str, Any] | None, str | None]:
+    """(outputs, None) from the text of an agent's output file, with secret values masked and
+    checked against the agent's `outputs` schema; otherwise (None, what is wrong)."""
+    try:
+        outputs = json.loads(text or "null")
+    except json.JSONDecodeError as exc:
+        return None, f"the agent's output is not JSON: {exc}"
+    if not isinstance(outputs, dict):
+        return None, "the agent's output must be a JSON object"
+    outputs = mask_value(outputs, step.secrets)
+    schema = step.agent.outputs
+    if schema:
+        problems = translate(_validator(json.dumps(schema, sort_keys=True)), dict(schema), outputs)
+        if problems:
+            listed = "; ".join(
+                f"{'/' + '/'.join(map(str, parts)) if parts else '(root)'}: {message}"
+                for parts, message, _ in problems[:10]
+            )
+            return None, f"the agent's output does not match its outputs schema: {listed}"
+    return outputs, None

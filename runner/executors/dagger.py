@@ -37,7 +37,6 @@ import tempfile
 import time
 import uuid
 from collections.abc import Mapping, Sequence
-from functools import cache
 from importlib import metadata
 from pathlib import Path
 from typing import IO, Any
@@ -52,17 +51,17 @@ from gql.transport.exceptions import TransportError as GqlTransportError
 from gql.transport.exceptions import TransportQueryError
 
 from runner.executors.base import (
+    NO_OUTPUT,
     ExecutorUnavailable,
     Health,
     LogSink,
     Masker,
     StepResult,
     StepSpec,
-    mask_value,
+    read_outputs,
 )
 from runner.executors.images import ImagePolicy, image_problems, parse_image
 from runner.executors.local import memory_bytes
-from runner.spec.schema import compile_schema, translate
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +115,6 @@ TRANSIENT_MARKERS = (
     "504 gateway",
     "temporary failure",
 )
-NO_OUTPUT = "the agent wrote no output: write one JSON object to $RUNNER_OUTPUT"
 
 
 class _Refused(Exception):
@@ -135,11 +133,6 @@ def _quiet_payloads() -> None:
     target = logging.getLogger("gql.transport.httpx")
     if not any(isinstance(f, _NoPayloads) for f in target.filters):
         target.addFilter(_NoPayloads())
-
-
-@cache
-def _validator(schema_json: str) -> Any:
-    return compile_schema(json.loads(schema_json))
 
 
 def _infrastructure(exc: BaseException) -> bool:
@@ -595,22 +588,5 @@ class DaggerExecutor:
             return None, NO_OUTPUT
         if size > self.max_output_bytes:
             return None, f"the agent's output is {size} bytes; at most {self.max_output_bytes}"
-        try:
-            outputs = json.loads(await file.contents() or "null")
-        except json.JSONDecodeError as exc:
-            return None, f"the agent's output is not JSON: {exc}"
-        if not isinstance(outputs, dict):
-            return None, "the agent's output must be a JSON object"
-        outputs = mask_value(outputs, step.secrets)
-        schema = step.agent.outputs
-        if schema:
-            problems = translate(
-                _validator(json.dumps(schema, sort_keys=True)), dict(schema), outputs
-            )
-            if problems:
-                listed = "; ".join(
-                    f"{'/' + '/'.join(map(str, parts)) if parts else '(root)'}: {message}"
-                    for parts, message, _ in problems[:10]
-                )
-                return None, f"the agent's output does not match its outputs schema: {listed}"
-        return outputs, None
+        text: str = await file.contents()
+        return read_outputs(text, step)

@@ -33,14 +33,14 @@ from pathlib import Path
 from typing import Any
 
 from runner.executors.base import (
+    NO_OUTPUT,
     Health,
     LogSink,
     Masker,
     StepResult,
     StepSpec,
-    mask_value,
+    read_outputs,
 )
-from runner.spec.schema import compile_schema, translate
 
 ENV_ALLOWLIST = ("PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "SSL_CERT_FILE", "SSL_CERT_DIR")
 DEFAULT_MEMORY = 2 * 1024**3
@@ -75,11 +75,6 @@ def find_bwrap() -> tuple[str | None, str]:
             return candidate, ""
         reason = f"bwrap cannot create a sandbox here: {done.stderr.strip() or done.returncode}"
     return None, reason
-
-
-@cache
-def _validator(schema_json: str) -> Any:
-    return compile_schema(json.loads(schema_json))
 
 
 try:
@@ -256,23 +251,9 @@ class LocalExecutor:
     @staticmethod
     def _outputs(path: Path, step: StepSpec) -> tuple[Mapping[str, Any] | None, str | None]:
         if not path.is_file():
-            return None, "the agent wrote no output: write one JSON object to $RUNNER_OUTPUT"
+            return None, NO_OUTPUT
         try:
-            outputs = json.loads(path.read_text(encoding="utf-8") or "null")
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as exc:
             return None, f"the agent's output is not JSON: {exc}"
-        if not isinstance(outputs, dict):
-            return None, "the agent's output must be a JSON object"
-        outputs = mask_value(outputs, step.secrets)
-        schema = step.agent.outputs
-        if schema:
-            problems = translate(
-                _validator(json.dumps(schema, sort_keys=True)), dict(schema), outputs
-            )
-            if problems:
-                listed = "; ".join(
-                    f"{'/' + '/'.join(map(str, parts)) if parts else '(root)'}: {message}"
-                    for parts, message, _ in problems[:10]
-                )
-                return None, f"the agent's output does not match its outputs schema: {listed}"
-        return outputs, None
+        return read_outputs(text, step)

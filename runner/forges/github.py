@@ -4,71 +4,29 @@ reported to the caller as a transient error and never fails a run."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import random
-import time
-from typing import Any
 
-import httpx
-
-from runner import metrics
 from runner.approvals import Identity
 from runner.errors import TransientError
+from runner.forges.http import ApiClient
 
 log = logging.getLogger(__name__)
 WRITE = frozenset({"admin", "maintain", "write"})
 
 
-class GitHubClient:
+class GitHubClient(ApiClient):
     kind = "github"
 
     def __init__(self, api_url: str, token: str, *, cache_seconds: float = 60.0) -> None:
-        self.http = httpx.AsyncClient(
-            base_url=api_url.rstrip("/"),
-            headers={
+        super().__init__(
+            api_url,
+            {
                 "Authorization": f"Bearer {token}",
                 "Accept": "application/vnd.github+json",
                 "X-GitHub-Api-Version": "2022-11-28",
-                "User-Agent": "runner",
             },
-            timeout=10.0,
+            cache_seconds=cache_seconds,
         )
-        self.cache_seconds = cache_seconds
-        self._cache: dict[tuple[str, ...], tuple[float, Any]] = {}
-
-    async def close(self) -> None:
-        await self.http.aclose()
-
-    async def _call(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        delay = 0.5
-        for attempt in range(4):
-            try:
-                response = await self.http.request(method, path, **kwargs)
-            except httpx.HTTPError as exc:
-                metrics.forge_call(self.kind, None)
-                error: str = f"{type(exc).__name__}"
-            else:
-                metrics.forge_call(self.kind, response.status_code)
-                limited = response.status_code == 429 or (
-                    response.status_code == 403
-                    and response.headers.get("x-ratelimit-remaining") == "0"
-                )
-                if response.status_code < 500 and not limited:
-                    return response
-                error = f"HTTP {response.status_code}"
-            if attempt < 3:
-                await asyncio.sleep(delay * (1 + random.random()))
-                delay *= 2
-        raise TransientError(f"GitHub {method} {path} failed: {error}")
-
-    async def _cached(self, key: tuple[str, ...], fetch: Any) -> Any:
-        hit = self._cache.get(key)
-        if hit is not None and time.monotonic() - hit[0] < self.cache_seconds:
-            return hit[1]
-        value = await fetch()
-        self._cache[key] = (time.monotonic(), value)
-        return value
 
     async def identity(self, repository: str, user: str, teams: list[str]) -> Identity:
         """The user's write access to `repository` and membership of the listed teams."""

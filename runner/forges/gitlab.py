@@ -6,18 +6,12 @@ failure is reported to the caller as a transient error and never fails a run."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import random
-import time
-from typing import Any
 from urllib.parse import quote
 
-import httpx
-
-from runner import metrics
 from runner.approvals import Identity
 from runner.errors import TransientError
+from runner.forges.http import ApiClient
 
 log = logging.getLogger(__name__)
 DEVELOPER = 30  # GitLab's access_level for the Developer role: may push, hence "write access"
@@ -30,52 +24,18 @@ def _encoded(path: str) -> str:
     return quote(path, safe="")
 
 
-class GitLabClient:
+class GitLabClient(ApiClient):
     """Both halves of a forge for GitLab: `ForgeClient` (identity, merge request head, replies)
     and `ForgeReporting` (commit status, one note per run kept up to date)."""
+
+    kind = "gitlab"
 
     def __init__(
         self, api_url: str, token: str, *, cache_seconds: float = 60.0, backoff: float = 0.5
     ) -> None:
-        self.http = httpx.AsyncClient(
-            base_url=api_url.rstrip("/"),
-            headers={"PRIVATE-TOKEN": token, "User-Agent": "runner"},
-            timeout=10.0,
+        super().__init__(
+            api_url, {"PRIVATE-TOKEN": token}, cache_seconds=cache_seconds, backoff=backoff
         )
-        self.cache_seconds = cache_seconds
-        self.backoff = backoff
-        self._cache: dict[tuple[str, ...], tuple[float, Any]] = {}
-
-    async def close(self) -> None:
-        await self.http.aclose()
-
-    async def _call(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        delay = self.backoff
-        for attempt in range(4):
-            try:
-                response = await self.http.request(method, path, **kwargs)
-            except httpx.HTTPError as exc:
-                metrics.forge_call("gitlab", None)
-                error: str = f"{type(exc).__name__}"
-                wait = delay
-            else:
-                metrics.forge_call("gitlab", response.status_code)
-                if response.status_code < 500 and response.status_code != 429:
-                    return response
-                error = f"HTTP {response.status_code}"
-                wait = max(delay, _retry_after(response))
-            if attempt < 3:
-                await asyncio.sleep(wait * (1 + random.random()))
-                delay *= 2
-        raise TransientError(f"GitLab {method} {path} failed: {error}")
-
-    async def _cached(self, key: tuple[str, ...], fetch: Any) -> Any:
-        hit = self._cache.get(key)
-        if hit is not None and time.monotonic() - hit[0] < self.cache_seconds:
-            return hit[1]
-        value = await fetch()
-        self._cache[key] = (time.monotonic(), value)
-        return value
 
     async def _user_id(self, user: str) -> int | None:
         answer = await self._call("GET", "/users", params={"username": user})
@@ -211,11 +171,3 @@ class GitLabClient:
                 break
             page += 1
         await self.comment(repository, number, text)
-
-
-def _retry_after(response: httpx.Response) -> float:
-    """GitLab's `Retry-After` on 429 (seconds), bounded: a long wait is the caller's to make."""
-    try:
-        return min(float(response.headers.get("retry-after", "0")), 10.0)
-    except ValueError:
-        return 0.0
