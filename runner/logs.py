@@ -32,22 +32,26 @@ def context(**ids: Any) -> Iterator[None]:
 
 
 class _Context(logging.Filter):
-    def __init__(self, secrets: Iterable[str]) -> None:
-        super().__init__()
-        self.secrets = sorted({s for s in secrets if len(s) >= 6}, key=len, reverse=True)
-
     def filter(self, record: logging.LogRecord) -> bool:
         for key, value in CONTEXT.get().items():
             if value is not None:
                 setattr(record, key, value)
-        if self.secrets:
-            message = record.getMessage()
-            masked = message
-            for secret in self.secrets:
-                masked = masked.replace(secret, "***")
-            if masked != message:
-                record.msg, record.args = masked, None
         return True
+
+
+class _Masked(logging.Formatter):
+    """The written line, whole (message, context, exception text), with secrets masked."""
+
+    def __init__(self, inner: logging.Formatter, secrets: Iterable[str]) -> None:
+        super().__init__()
+        self.inner = inner
+        self.secrets = sorted({s for s in secrets if len(s) >= 6}, key=len, reverse=True)
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = self.inner.format(record)
+        for secret in self.secrets:
+            line = line.replace(secret, "***")
+        return line
 
 
 class _Console(logging.Formatter):
@@ -62,17 +66,17 @@ class _Console(logging.Formatter):
 def configure(*, format: str = "console", level: str = "info", secrets: Iterable[str] = ()) -> None:
     """Send the root logger's records to stderr in `format` (console or json) from `level`."""
     handler = logging.StreamHandler(sys.stderr)
+    inner: logging.Formatter
     if format == "json":
-        handler.setFormatter(
-            JsonFormatter(
-                "%(asctime)s %(levelname)s %(name)s %(message)s",
-                rename_fields={"asctime": "time", "levelname": "level", "name": "logger"},
-                datefmt="%Y-%m-%dT%H:%M:%S%z",
-            )
+        inner = JsonFormatter(
+            "%(asctime)s %(levelname)s %(name)s %(message)s",
+            rename_fields={"asctime": "time", "levelname": "level", "name": "logger"},
+            datefmt="%Y-%m-%dT%H:%M:%S%z",
         )
     else:
-        handler.setFormatter(_Console("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
-    handler.addFilter(_Context(secrets))
+        inner = _Console("%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+    handler.setFormatter(_Masked(inner, secrets))
+    handler.addFilter(_Context())
     root = logging.getLogger()
     root.handlers = [handler]
     root.setLevel(level.upper())

@@ -156,7 +156,10 @@ class PullRequestCheck:
             url = str(Path(url).resolve())
         remote = repo.remotes.create_anonymous(url)
         remote.fetch(
-            [f"+refs/heads/{config.branch}:refs/heads/base", f"+{head_ref}:refs/heads/head"],
+            [
+                f"+refs/heads/{config.branch}:refs/heads/base",
+                f"+{head_ref}:refs/heads/" + head_ref.replace("/", "-"),  # one ref per PR
+            ],
             callbacks=_callbacks(config),
         )
         return head_ref
@@ -167,7 +170,9 @@ class PullRequestCheck:
         """(errors, head sha, bundle) of the PR head's workflows folder; None if unchanged."""
         repo = self._repo(config)
         try:
-            head = repo.get(event.sha) or repo.revparse_single("refs/heads/head")
+            head = repo.get(event.sha)  # the head the event names, nothing else
+            if head is None:
+                raise KeyError(event.sha)
             head_commit = head.peel(pygit2.Commit)
             base_commit = repo.revparse_single("refs/heads/base").peel(pygit2.Commit)
         except (KeyError, ValueError, pygit2.GitError) as exc:

@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import re
 import shutil
 import threading
 from collections.abc import Mapping
@@ -17,7 +18,8 @@ from typing import Any
 
 import pygit2
 
-from runner.errors import PermanentError
+from runner.errors import PermanentError, TransientError
+from runner.source.git import _in_daemon_thread, redact
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +36,11 @@ def head_of(path: Path) -> tuple[str, str]:
 
 
 _locks: dict[str, threading.Lock] = {}
+FETCH_DEADLINE = 120.0
+
+
+class WorkspaceUnavailable(TransientError):
+    """The run's repository cannot be fetched right now; the run waits and tries again."""
 
 
 def _has(repo: pygit2.Repository, sha: str) -> bool:
@@ -48,7 +55,10 @@ def _mirror(cache: Path, clone_url: str, sha: str) -> pygit2.Repository:
     not yet (branches and tags, then the commit itself for heads no branch names, like a pull
     request from a fork)."""
     path = cache / (hashlib.sha256(clone_url.encode()).hexdigest()[:16] + ".git")
-    with _locks.setdefault(str(path), threading.Lock()):
+    lock = _locks.setdefault(str(path), threading.Lock())
+    if not lock.acquire(timeout=FETCH_DEADLINE):  # another fetch of it hangs
+        raise WorkspaceUnavailable(f"{redact(clone_url)} is still being fetched by another run")
+    try:
         if path.exists():
             repo = pygit2.Repository(str(path))
         else:
@@ -61,6 +71,8 @@ def _mirror(cache: Path, clone_url: str, sha: str) -> pygit2.Repository:
                 with contextlib.suppress(pygit2.GitError):  # servers may refuse a bare sha
                     remote.fetch([sha])
         return repo
+    finally:
+        lock.release()
 
 
 def _checkout(clone_url: str, sha: str, dest: Path, cache: Path) -> None:
@@ -77,6 +89,30 @@ def _checkout(clone_url: str, sha: str, dest: Path, cache: Path) -> None:
     commit = repo.revparse_single(sha).peel(pygit2.Commit)
     repo.checkout_tree(commit, strategy=pygit2.enums.CheckoutStrategy.FORCE)  # type: ignore[no-untyped-call]
     repo.set_head(commit.id)
+
+
+def borrowed_objects(workspace: Path) -> list[str]:
+    """The mirror object folders a run workspace borrows (its git alternates), for executors to
+    make visible read-only. Only this module's own mirrors count: the file is in the workspace,
+    which a step may write, and anything else listed there is ignored, never mounted."""
+    listing = workspace / ".git" / "objects" / "info" / "alternates"
+    if not listing.is_file():
+        return []
+    mirrors = (workspace.parent.parent / "clones").resolve()
+    found = []
+    for line in listing.read_text(encoding="utf-8", errors="replace").splitlines():
+        path = Path(line.strip())
+        if not path.is_absolute():
+            continue
+        resolved = path.resolve()
+        if (
+            resolved.parent.parent == mirrors
+            and resolved.name == "objects"
+            and re.fullmatch(r"[0-9a-f]{16}\.git", resolved.parent.name)
+            and resolved.is_dir()
+        ):
+            found.append(str(resolved))
+    return found
 
 
 class Workspaces:
@@ -98,7 +134,19 @@ class Workspaces:
             partial = path.with_name(path.name + ".partial")
             shutil.rmtree(partial, ignore_errors=True)
             cache = self.root.parent / "clones"
-            await asyncio.to_thread(_checkout, str(clone_url), str(sha), partial, cache)
+
+            def checkout() -> str:
+                _checkout(str(clone_url), str(sha), partial, cache)
+                return ""
+
+            try:  # libgit2 has no network timeout: a hung remote must not hold the run
+                await asyncio.wait_for(_in_daemon_thread(checkout), FETCH_DEADLINE)
+            except TimeoutError:
+                raise WorkspaceUnavailable(
+                    f"fetching {redact(str(clone_url))} took over {FETCH_DEADLINE:g}s"
+                ) from None
+            except pygit2.GitError as exc:
+                raise WorkspaceUnavailable(f"fetching {redact(str(clone_url))}: {exc}") from exc
             partial.rename(path)
         else:
             path.mkdir()

@@ -52,9 +52,15 @@ def test_console_lines_and_secrets_masked(capsys: pytest.CaptureFixture[str]) ->
     logs.configure(format="console", level="warning", secrets=["gh-s3cret-token"])
     with logs.context(delivery="d-1"):
         logging.getLogger("runner.x").warning("calling with %s", "gh-s3cret-token")
-    line = capsys.readouterr().err.strip()
-    assert "gh-s3cret-token" not in line
+        try:
+            raise RuntimeError("refused token gh-s3cret-token")
+        except RuntimeError:
+            logging.getLogger("runner.x").exception("the call failed")
+    out = capsys.readouterr().err
+    assert "gh-s3cret-token" not in out  # not in messages, nor in exception text
+    line = out.strip().splitlines()[0]
     assert line.endswith("runner.x: calling with *** [delivery=d-1]")
+    assert "RuntimeError: refused token ***" in out
 
 
 def test_logging_settings_from_file_and_environment(tmp_path: Path) -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from runner.errors import PermanentError
-from runner.workspace import Workspaces
+from runner.workspace import Workspaces, borrowed_objects
 from tests.source.test_reconciler import git
 
 pytestmark = pytest.mark.anyio
@@ -62,3 +62,37 @@ async def test_an_unknown_commit_is_a_permanent_error(tmp_path: Path) -> None:
     with pytest.raises(PermanentError, match="is not in"):
         await spaces.prepare(1, {"clone_url": str(app), "sha": "ab" * 20})
     assert subprocess.run(["ls", str(tmp_path / "ws")], capture_output=True).returncode == 0
+
+
+async def test_only_the_runners_own_mirrors_are_ever_borrowed(tmp_path: Path) -> None:
+    """A step may write the workspace's alternates file; executors mount only real mirrors."""
+    app = tmp_path / "app"
+    git(tmp_path, "init", "-q", "-b", "main", str(app))
+    sha = commit(app, "a.txt", "one\n")
+    spaces = Workspaces(tmp_path / "data" / "workspaces")
+    space = await spaces.prepare(1, {"clone_url": str(app), "sha": sha})
+    (mirror,) = borrowed_objects(space)
+    assert mirror.startswith(str((tmp_path / "data" / "clones").resolve()))
+    listing = space / ".git" / "objects" / "info" / "alternates"
+    secret = tmp_path / "elsewhere"
+    secret.mkdir()
+    listing.write_text(f"/proc\n/etc\n{secret}\n{mirror}/../../../..\n../../x\n{mirror}\n")
+    assert borrowed_objects(space) == [mirror]
+
+
+async def test_a_hung_remote_is_given_up_at_the_deadline(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from runner import workspace
+    from tests.gitserver import git_server
+    from tests.source.test_reconciler import Repo
+
+    (tmp_path / "srv").mkdir()
+    with git_server(tmp_path / "srv") as server:
+        repo = Repo(tmp_path, server)
+        sha = repo.commit({"workflows/a.yaml": "x: 1\n"})
+        server.set_hang(30)
+        monkeypatch.setattr(workspace, "FETCH_DEADLINE", 0.5)
+        spaces = Workspaces(tmp_path / "data" / "workspaces")
+        with pytest.raises(workspace.WorkspaceUnavailable, match=r"took over 0\.5s"):
+            await spaces.prepare(1, {"clone_url": repo.url, "sha": sha})

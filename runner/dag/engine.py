@@ -38,7 +38,7 @@ from runner.reporting import Reporter
 from runner.revisions import BundleLoader
 from runner.spec.expr import EvaluationError, evaluate, render
 from runner.store.base import Store
-from runner.workspace import Workspaces
+from runner.workspace import Workspaces, WorkspaceUnavailable
 
 log = logging.getLogger(__name__)
 ACTIVE: list[RunStatus] = ["queued", "running", "waiting_approval"]
@@ -163,14 +163,22 @@ class _Execution:
             for need in step.needs:
                 self.dependents[need].append(step.id)
         self.candidates: set[str] = set(self.steps)
-        self.workspace = await self.engine.workspaces.prepare(self.run.id, self.run.trigger)
         self.upstream = graph.ancestors(workflow)
-        heartbeat = asyncio.create_task(self._heartbeat())
+        heartbeat = asyncio.create_task(self._heartbeat())  # a slow first fetch keeps the lease
         try:
+            try:
+                self.workspace = await self.engine.workspaces.prepare(self.run.id, self.run.trigger)
+            except PermanentError as exc:
+                return await self._finish("failed", f"cannot prepare the workspace: {exc}")
             timed_out = await self._loop()
-        except ExecutorUnavailable as exc:  # not the run's fault: it waits queued, unfailed
-            log.warning("run %d paused: executor unavailable: %s", self.run.id, exc)
-            requeued = await self.store.transition_run(self.run.id, "queued")
+        except (ExecutorUnavailable, WorkspaceUnavailable) as exc:  # not the run's fault
+            # it waits queued, unfailed
+            log.warning("run %d paused: %s", self.run.id, exc)
+            requeued = await self.store.transition_run(
+                self.run.id,
+                "queued",
+                only_from=["running"],  # never a cancelled run again
+            )
             await self.store.release_run(self.engine.options.node, self.run.id)
             return requeued or await self._current()
         finally:
@@ -254,10 +262,12 @@ class _Execution:
         if self.workflow.timeout:
             deadline = (self.run.started_at or self.engine.clock()) + self.workflow.timeout
         cancel = asyncio.create_task(self.cancelled.wait())
+        unavailable: ExecutorUnavailable | None = None
         try:
             while True:
-                # only steps whose needs changed are looked at again: O(steps) per run
-                while self.candidates:
+                # only steps whose needs changed are looked at again: O(steps) per run;
+                # none once the executor is unavailable (the run pauses when these end)
+                while self.candidates and unavailable is None:
                     batch = sorted(self.candidates, key=self.order.__getitem__)
                     self.candidates.clear()
                     for step in (self.steps[sid] for sid in batch):
@@ -265,6 +275,8 @@ class _Execution:
                             with logs.context(step=step.id):  # the task copies the context
                                 running[step.id] = asyncio.create_task(self._start(step))
                 if not running:
+                    if unavailable is not None:
+                        raise unavailable
                     return False
                 timeout = None if deadline is None else max(deadline - self.engine.clock(), 0)
                 done, _ = await asyncio.wait(
@@ -273,7 +285,12 @@ class _Execution:
                 for step_id, task in list(running.items()):
                     if task in done:
                         del running[step_id]
-                        task.result()  # re-raises ExecutorUnavailable
+                        try:
+                            task.result()
+                        except ExecutorUnavailable as exc:
+                            # the steps still in flight finish first: one of them may be the
+                            # circuit breaker's trial, and cancelling it would waste its work
+                            unavailable = unavailable or exc
                 if cancel in done or not done:
                     for task in running.values():
                         task.cancel()
@@ -439,8 +456,8 @@ class _Execution:
             async with self.engine.slots:
                 try:
                     result = await self.engine.executor.run_step(spec, self._sink(step.id))
-                except ExecutorUnavailable:
-                    await self._set(step, "pending", attempt=attempt - 1)
+                except ExecutorUnavailable:  # not started after all: no "interrupted" note
+                    await self._set(step, "pending", attempt=attempt - 1, started_at=None)
                     raise
             if result.ok:
                 await self._set(

@@ -62,6 +62,7 @@ from runner.executors.base import (
 )
 from runner.executors.images import ImagePolicy, image_problems, parse_image
 from runner.executors.local import memory_bytes
+from runner.workspace import borrowed_objects
 
 log = logging.getLogger(__name__)
 
@@ -149,23 +150,6 @@ def _agent_files(step: StepSpec) -> tuple[str, str | None]:
     requirements = agent_dir / "requirements.txt"
     text = requirements.read_text(encoding="utf-8") if requirements.is_file() else None
     return str(agent_dir), text
-
-
-def _alternates(workspace: Path) -> list[str]:
-    """Object directories the workspace's git repository borrows (git alternates, as
-    `runner.workspace` checkouts do): the container needs them at the same paths."""
-    listing = workspace / ".git" / "objects" / "info" / "alternates"
-    if not listing.is_file():
-        return []
-    found = []
-    for line in listing.read_text(encoding="utf-8").splitlines():
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        path = (listing.parent.parent / line).resolve()
-        if path.is_dir() and not path.is_relative_to(workspace.resolve()):
-            found.append(str(path))
-    return found
 
 
 def _describe(exc: BaseException) -> str:
@@ -500,7 +484,7 @@ class DaggerExecutor:
         for name in step.agent.secrets:
             if name in step.secrets:
                 ctr = ctr.with_secret_variable(name, await self._secret(client, conn, step, name))
-        for objects in _alternates(step.workspace):  # read-only: history is never rewritten
+        for objects in borrowed_objects(step.workspace):  # read-only: history is never rewritten
             ctr = ctr.with_mounted_directory(
                 objects, client.host().directory(objects), read_only=True
             )

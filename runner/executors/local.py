@@ -41,6 +41,7 @@ from runner.executors.base import (
     StepSpec,
     read_outputs,
 )
+from runner.workspace import borrowed_objects
 
 ENV_ALLOWLIST = ("PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "SSL_CERT_FILE", "SSL_CERT_DIR")
 DEFAULT_MEMORY = 2 * 1024**3
@@ -142,16 +143,9 @@ class LocalExecutor:
 
     @staticmethod
     def _alternates(workspace: Path) -> list[str]:
-        """A workspace borrows git objects from a mirror (`.git/objects/info/alternates`); the
-        mirror may sit under the sandbox's fresh /tmp: bind it back, read-only."""
-        listing = workspace / ".git" / "objects" / "info" / "alternates"
-        if not listing.is_file():
-            return []
-        binds: list[str] = []
-        for line in listing.read_text(encoding="utf-8").splitlines():
-            if line.strip() and os.path.isdir(line.strip()):
-                binds += ["--ro-bind", line.strip(), line.strip()]
-        return binds
+        """A workspace borrows git objects from a mirror; the mirror may sit under the
+        sandbox's fresh /tmp: bind it back, read-only."""
+        return [arg for path in borrowed_objects(workspace) for arg in ("--ro-bind", path, path)]
 
     def _environment(self, step: StepSpec, io: Path) -> dict[str, str]:
         env = {k: os.environ[k] for k in ENV_ALLOWLIST if k in os.environ}

@@ -135,9 +135,15 @@ class Store(Protocol):
         the last id of a page)."""
 
     async def transition_run(
-        self, run_id: int, to: RunStatus, *, error: str | None = None
+        self,
+        run_id: int,
+        to: RunStatus,
+        *,
+        error: str | None = None,
+        only_from: Sequence[RunStatus] | None = None,
     ) -> Run | None:
-        """Move a run to `to` if `model.RUN_TRANSITIONS` allows it from its current status.
+        """Move a run to `to` if `model.RUN_TRANSITIONS` allows it from its current status
+        (and, with `only_from`, only from those statuses).
 
         Returns the updated run, or None when the transition is not allowed (the caller lost a
         race or the run is finished). Sets `started_at` on the first `running` and

@@ -61,8 +61,12 @@ class EventWriter:
                 batch = self._pending[: self.max_batch]
                 del self._pending[: self.max_batch]
 
+                tries = 0
+
                 async def write(tx: Tx, batch: list[_Item] = batch) -> list[Stored]:
-                    return await self._write(tx, batch)
+                    nonlocal tries
+                    tries += 1
+                    return await self._write(tx, batch, retry=tries > 1)
 
                 try:
                     stored = await self.store._in_tx(write, single=True)
@@ -77,7 +81,7 @@ class EventWriter:
         finally:
             self._flushing = False
 
-    async def _write(self, tx: Tx, batch: list[_Item]) -> list[Stored]:
+    async def _write(self, tx: Tx, batch: list[_Item], *, retry: bool) -> list[Stored]:
         """One multi-row insert for the batch; a delivery seen before (in an earlier batch or
         earlier in this one) is answered with the first one's id."""
         marks = ", ".join("(?, ?, ?, ?, ?, ?)" for _ in batch)
@@ -89,14 +93,20 @@ class EventWriter:
         )
         new = {(str(forge), str(delivery)): int(i) for i, forge, delivery in inserted}
         out = []
+        seen: set[tuple[str, str]] = set()
         for values, _ in batch:
             key = (values[0], values[1])
             if key in new:
                 out.append(Stored(new.pop(key), True))
+                seen.add(key)
                 continue
             existing = await tx.one(
-                "SELECT id FROM events WHERE forge = ? AND delivery_id = ?", key
+                "SELECT id, received_at FROM events WHERE forge = ? AND delivery_id = ?", key
             )
             assert existing is not None
-            out.append(Stored(int(existing[0]), False))
+            # on a retry, a row of this very batch stored by the try whose answer was lost
+            # (same receipt time) is still new
+            mine = retry and key not in seen and existing[1] == values[5]
+            seen.add(key)
+            out.append(Stored(int(existing[0]), mine))
         return out

@@ -577,9 +577,14 @@ class SqlStore:
         return await self._in_tx(body, write=False, single=True)
 
     async def transition_run(
-        self, run_id: int, to: RunStatus, *, error: str | None = None
+        self,
+        run_id: int,
+        to: RunStatus,
+        *,
+        error: str | None = None,
+        only_from: Sequence[RunStatus] | None = None,
     ) -> Run | None:
-        allowed = sorted(RUN_TRANSITIONS[to])
+        allowed = sorted(RUN_TRANSITIONS[to] & set(only_from or RUN_TRANSITIONS[to]))
         now = self.clock()
         marks = ", ".join("?" for _ in allowed)
         if to in FINISHED:  # a finished run keeps no lease

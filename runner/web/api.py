@@ -233,7 +233,9 @@ class Api:
                 workflow=workflow.name,
                 source=source,
                 revision=revision,
-                idempotency_key=f"api:{who.name}:{key}" if key else f"api:{uuid.uuid4()}",
+                idempotency_key=(
+                    f"api:{who.name}:{workflow.name}:{key}" if key else f"api:{uuid.uuid4()}"
+                ),
                 trigger={"event": "manual", "actor": who.name, "via": "api"},
                 inputs=inputs,
                 concurrency_group=None,  # the engine renders the workflow's group

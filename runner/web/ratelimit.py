@@ -65,6 +65,7 @@ class Buckets:
         self.per_second = item.amount / item.get_expiry()
         self.clock = clock
         self.state: dict[str, tuple[float, float]] = {}  # client -> (tokens, at)
+        self._swept = 0.0
 
     def take(self, client: str) -> tuple[bool, int, float, float]:
         """(allowed, tokens left, seconds until one token is back, seconds until full)."""
@@ -74,7 +75,8 @@ class Buckets:
         allowed = tokens >= 1.0
         if allowed:
             tokens -= 1.0
-        if len(self.state) > 10_000:
+        if len(self.state) > 10_000 and now - self._swept > 1.0:  # many clients: tidy, rarely
+            self._swept = now
             self._forget(now)
         self.state[client] = (tokens, now)
         next_token = 0.0 if tokens >= 1.0 else (1.0 - tokens) / self.per_second
@@ -122,6 +124,15 @@ class RateLimits:
         self.on_limited = on_limited
 
     def client(self, scope: Scope) -> str:
+        """Who the limits count: the client address, an IPv6 client by its /64 (one host
+        commonly holds a whole /64, so single addresses would be free to vary)."""
+        address = self._address(scope)
+        ip = _address(address)
+        if ip is not None and ip.version == 6:
+            return str(ipaddress.ip_network(f"{ip}/64", strict=False))
+        return address
+
+    def _address(self, scope: Scope) -> str:
         peer = scope["client"][0] if scope.get("client") else ""
         if not _inside(peer, self.trusted):
             return str(peer)

@@ -483,3 +483,58 @@ async def test_breaker_transitions_are_logged_at_warning_when_opening(
         "executor scripted circuit open -> half_open: cool-down of 60s over",
         "executor scripted circuit half_open -> closed: 1 consecutive successes",
     ]
+
+
+async def test_a_run_cancelled_while_the_engine_is_down_stays_cancelled(
+    scripted: Scripted, make_world: Callable[[Executor], World], repo: Path
+) -> None:
+    world = make_world(scripted)
+    run_id = await world.request(repo)
+
+    class CancelledMeanwhile(Scripted):
+        async def run_step(self, step: StepSpec, log: object) -> StepResult:
+            await world.store.transition_run(step.run_id, "cancelled", error="cancelled by ci")
+            raise ExecutorUnavailable("engine unreachable")
+
+    world.engine.executor = CancelledMeanwhile()
+    assert await world.store.acquire_run("n1", run_id, 30) is not None
+    await world.engine.run(run_id)
+    run = await world.store.get_run(run_id)
+    assert run is not None
+    assert (run.status, run.error) == ("cancelled", "cancelled by ci")  # not queued again
+
+
+async def test_half_open_the_trial_in_flight_finishes_before_the_run_pauses(
+    make_world: Callable[[Executor], World], tmp_path: Path, repo: Path
+) -> None:
+    """Two parallel steps while half-open: one is the trial, the other is refused. The trial is
+    not cancelled; it succeeds, the circuit closes, and the run then completes."""
+    (repo / "workflows" / "two.yaml").write_text(
+        "apiVersion: runner/v1\nkind: Workflow\nmetadata: {name: two}\n"
+        "spec:\n  triggers: [{manual: {}}]\n"
+        "  steps: [{id: a, agent: echo}, {id: b, agent: echo}]\n"
+    )
+
+    class Slow(Scripted):
+        async def run_step(self, step: StepSpec, log: object) -> StepResult:
+            await asyncio.sleep(0.2)
+            return await super().run_step(step, log)
+
+    clock = Clock()
+    slow = Slow()
+    guarded = CircuitBreaker(slow, failures=1, cooldown=10, successes=1, clock=clock)
+    slow.outcomes.append("down")
+    with pytest.raises(ExecutorUnavailable):
+        await guarded.run_step(STEP, log=None)  # type: ignore[arg-type]
+    clock.now += 11  # cool-down over: the next step is the trial
+    world = make_world(guarded)
+    run_id = await world.request(repo)
+    assert await world.store.acquire_run("n1", run_id, 30) is not None
+    paused = await world.engine.run(run_id)
+    assert paused.status == "queued"
+    assert guarded.state == "closed"  # the trial was allowed to finish, and succeeded
+    steps = {s.step_id: s.status for s in await world.store.get_steps(run_id)}
+    assert sorted(steps.values()) == ["pending", "succeeded"]
+    assert await world.store.acquire_run("n1", run_id, 30) is not None
+    assert (await world.engine.run(run_id)).status == "succeeded"
+    assert slow.calls == 3  # the failure, the trial, and the refused step once more

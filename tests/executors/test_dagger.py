@@ -27,6 +27,7 @@ pytest.importorskip("dagger", reason="dagger-io is not installed (the `dagger` e
 from runner.executors.base import ExecutorUnavailable, StepResult, StepSpec, open_executor
 from runner.executors.dagger import DaggerExecutor
 from runner.model import Agent
+from runner.workspace import Workspaces
 from tests.executors.dagger_double import EngineDouble
 
 pytestmark = pytest.mark.anyio
@@ -478,13 +479,17 @@ async def test_a_git_workspace_borrowing_objects_works_in_the_container(
 ) -> None:
     """runner.workspace checkouts borrow the mirror's objects (git alternates): the executor
     mounts those read-only at the same path, so git works inside and a commit comes back."""
-    mirror, checkout = tmp_path / "mirror", tmp_path / "checkout"
+    origin = tmp_path / "origin"
     git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
-    subprocess.run([*git, "init", "-q", str(mirror)], check=True)
-    (mirror / "a.txt").write_text("a\n")
-    subprocess.run([*git, "-C", str(mirror), "add", "a.txt"], check=True)
-    subprocess.run([*git, "-C", str(mirror), "commit", "-qm", "a"], check=True)
-    subprocess.run([*git, "clone", "-q", "--shared", str(mirror), str(checkout)], check=True)
+    subprocess.run([*git, "init", "-q", str(origin)], check=True)
+    (origin / "a.txt").write_text("a\n")
+    subprocess.run([*git, "-C", str(origin), "add", "a.txt"], check=True)
+    subprocess.run([*git, "-C", str(origin), "commit", "-qm", "a"], check=True)
+    sha = subprocess.run(
+        ["git", "-C", str(origin), "rev-parse", "HEAD"], capture_output=True, text=True
+    ).stdout.strip()
+    spaces = Workspaces(tmp_path / "data" / "workspaces")
+    checkout = await spaces.prepare(1, {"clone_url": str(origin), "sha": sha})
     program = """
     import json, os, subprocess
     ws = os.environ["RUNNER_WORKSPACE"]
