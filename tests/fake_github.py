@@ -47,6 +47,8 @@ class FakeGitHub:
     pulls: dict[tuple[str, int], dict[str, Any]] = field(default_factory=dict)
     files: dict[tuple[str, int], list[str]] = field(default_factory=dict)  # a PR's changed files
     comments: list[tuple[str, int, str]] = field(default_factory=list)  # comment id = index + 1
+    authors: dict[int, str] = field(default_factory=dict)  # comment index -> login (else bot)
+    bot: str = "runner-bot"  # the token's user: the author of what the runner posts
     statuses: list[tuple[str, str, dict[str, Any]]] = field(default_factory=list)
     edits: list[tuple[int, str]] = field(default_factory=list)
     calls: list[tuple[str, str]] = field(default_factory=list)
@@ -64,6 +66,7 @@ class FakeGitHub:
             {
                 "id": index + 1,
                 "body": body,
+                "user": {"login": self.authors.get(index, self.bot)},
                 "url": f"https://api.github.com/repos/{repo}/issues/comments/{index + 1}",
                 "html_url": f"https://github.com/{repo}/pull/{number}#issuecomment-{index + 1}",
                 "issue_url": f"https://api.github.com/repos/{repo}/issues/{number}",
@@ -157,6 +160,10 @@ class FakeGitHub:
             ]
             return 200, found[(page - 1) * per_page : page * per_page]
 
+        async def me(request: Request, _: Any) -> Answer:
+            example = response_example("GET", request.url.path, 200)
+            return 200, _merged(example, {"login": self.bot})
+
         async def comment(request: Request, body: Any) -> Answer:
             repo = f"{request.path_params['owner']}/{request.path_params['repo']}"
             self.comments.append((repo, int(request.path_params["number"]), body["body"]))
@@ -238,6 +245,7 @@ class FakeGitHub:
                     checked(membership),
                     methods=["GET"],
                 ),
+                Route("/user", checked(me), methods=["GET"]),
                 Route("/repos/{owner}/{repo}/pulls/{number}", checked(pull), methods=["GET"]),
                 Route(
                     "/repos/{owner}/{repo}/pulls/{number}/files",

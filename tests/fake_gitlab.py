@@ -67,6 +67,9 @@ class FakeGitLab:
     def _user(self, name: str) -> dict[str, Any]:
         return {"id": self.users.get(name, 0), "username": name, "name": name, "state": "active"}
 
+    async def _me(self, _: Request, __: dict[str, str]) -> Response:
+        return JSONResponse(self._user(self.bot))
+
     async def _users(self, request: Request, _: dict[str, str]) -> Response:
         name = request.query_params.get("username", "")
         found = [n for n in self.users if n.lower() == name.lower()]
@@ -179,6 +182,7 @@ class FakeGitLab:
         project, iid = r"/projects/(?P<project>[^/]+)", r"/merge_requests/(?P<iid>\d+)"
         routes: list[tuple[str, str, Handler]] = [
             ("GET", r"/users", self._users),
+            ("GET", r"/user", self._me),
             ("GET", rf"{project}/members/all/(?P<user_id>\d+)", self._project_member),
             ("GET", r"/groups/(?P<group>[^/]+)/members/all/(?P<user_id>\d+)", self._group_member),
             ("GET", rf"{project}{iid}", self._merge_request),

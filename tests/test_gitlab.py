@@ -432,3 +432,16 @@ async def test_a_group_member_approves_by_note_and_the_author_is_refused(
     assert f"run {run.id}: **succeeded**" in report
     assert len(gitlab.edits) == 2  # created once, then edited in place
     assert {note_id for note_id, _ in gitlab.edits} == {gitlab.notes[-1]["id"]}
+
+
+async def test_a_copy_of_the_marker_by_someone_else_is_never_edited(gitlab: FakeGitLab) -> None:
+    client = client_for(gitlab)
+    await client.comment(PROJECT, IID, "<!-- m -->\nmallory's copy")
+    gitlab.notes[-1]["author"] = {"id": 99, "username": "mallory"}
+    await client.upsert_comment(PROJECT, IID, "<!-- m -->", "the real report")
+    await client.close()
+    assert gitlab.comments(PROJECT, IID) == [
+        "<!-- m -->\nmallory's copy",
+        "<!-- m -->\nthe real report",
+    ]
+    assert gitlab.edits == []

@@ -237,3 +237,18 @@ async def test_gitea_pull_request_comments_use_the_same_policy(
     assert github.auth[-1] == "token gitea-token"
     assert "approved (@alice)" in github.comments[-1][2]
     assert (await store.get_run(run.id)).status == "running"  # type: ignore[union-attr]
+
+
+async def test_a_copy_of_the_marker_by_someone_else_is_never_edited(github: FakeGitHub) -> None:
+    """Anyone can post a comment that starts with the runner's marker; the runner keeps to its
+    own comment (the token's user, from GET /user)."""
+    github.comments.append((REPO, 9, "<!-- runner:run:5 -->\nmallory's copy"))
+    github.authors[0] = "mallory"
+    reporting = GitHubReporting(GitHubClient(github.url, "token"))
+    await reporting.upsert_comment(REPO, 9, "<!-- runner:run:5 -->", "the real report")
+    await reporting.upsert_comment(REPO, 9, "<!-- runner:run:5 -->", "updated")
+    await reporting.client.close()
+    assert [body for _, _, body in github.comments] == [
+        "<!-- runner:run:5 -->\nmallory's copy",
+        "<!-- runner:run:5 -->\nupdated",
+    ]

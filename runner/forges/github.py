@@ -119,6 +119,7 @@ class GitHubReporting:
 
     async def upsert_comment(self, repository: str, number: int, marker: str, body: str) -> None:
         text = f"{marker}\n{body}"
+        me = await self.client.me()  # only the runner's own comment is edited, never a copy
         page = 1
         while True:
             answer = await self.client._call(
@@ -130,7 +131,8 @@ class GitHubReporting:
                 break
             comments = answer.json()
             for comment in comments:
-                if str(comment.get("body", "")).startswith(marker):
+                author = (comment.get("user") or {}).get("login")
+                if str(comment.get("body", "")).startswith(marker) and me in (None, author):
                     await self.client._call(
                         "PATCH",
                         f"/repos/{repository}/issues/comments/{comment['id']}",

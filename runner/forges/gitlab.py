@@ -143,6 +143,7 @@ class GitLabClient(ApiClient):
     async def upsert_comment(self, repository: str, number: int, marker: str, body: str) -> None:
         text = f"{marker}\n{body}"
         notes_path = f"/projects/{_encoded(repository)}/merge_requests/{number}/notes"
+        me = await self.me()  # only the runner's own note is edited, never someone's copy
         page = 1
         while True:
             answer = await self._call(
@@ -154,7 +155,9 @@ class GitLabClient(ApiClient):
                 break
             notes = answer.json()
             for note in notes:
-                if not note.get("system") and str(note.get("body", "")).startswith(marker):
+                author = (note.get("author") or {}).get("username")
+                ours = me in (None, author)
+                if ours and not note.get("system") and str(note.get("body", "")).startswith(marker):
                     edited = await self._call(
                         "PUT", f"{notes_path}/{note['id']}", json={"body": text}
                     )

@@ -72,6 +72,20 @@ class ApiClient:
                 delay *= 2
         raise TransientError(f"{self.kind} {method} {path} failed: {error}")
 
+    async def me(self) -> str | None:
+        """The login of the token's own user (GET /user), or None when the forge cannot say."""
+
+        async def fetch() -> str | None:
+            answer = await self._call("GET", "/user")
+            if answer.status_code != 200:
+                return None
+            data = answer.json()
+            name = data.get("login") or data.get("username")
+            return str(name) if name else None
+
+        found: str | None = await self._cached(("me",), fetch)
+        return found
+
     async def _cached(self, key: tuple[str, ...], fetch: Any) -> Any:
         hit = self._cache.get(key)
         if hit is not None and time.monotonic() - hit[0] < self.cache_seconds:
