@@ -225,3 +225,27 @@ def test_only_new_human_comments_on_pull_requests_are_commands() -> None:
     assert (gitlab.comment, gitlab.number, gitlab.sha, gitlab.actor) == ("/retry", 5, "abc", "dana")
     note["object_attributes"]["updated_at"] = "later"
     assert parse("gitlab", "gitlab", "Note Hook", note) is None
+
+
+async def test_a_reconcile_request_through_the_api_nudges_that_source(store: Store) -> None:
+    from runner.model import Event
+
+    nudged: list[str] = []
+    dispatcher = Dispatcher(
+        store,
+        BundleLoader(store.revision_documents, builtin_agents()),
+        kinds={},
+        sources={},
+        nudge_source=nudged.append,
+    )
+    request = Event(
+        id=1,
+        forge="runner",
+        delivery_id="reconcile:1",
+        event_type="reconcile",
+        headers={},
+        body=json.dumps({"source": "main", "by": "ci"}).encode(),
+        received_at=0.0,
+    )
+    assert await dispatcher.handle(request) == []
+    assert nudged == ["main"]
