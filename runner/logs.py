@@ -47,11 +47,21 @@ class _Masked(logging.Formatter):
         self.inner = inner
         self.secrets = sorted({s for s in secrets if len(s) >= 6}, key=len, reverse=True)
 
-    def format(self, record: logging.LogRecord) -> str:
-        line = self.inner.format(record)
+    def _mask(self, text: str) -> str:
         for secret in self.secrets:
-            line = line.replace(secret, "***")
-        return line
+            text = text.replace(secret, "***")
+        return text
+
+    def format(self, record: logging.LogRecord) -> str:
+        if self.secrets:  # before encoding (JSON escapes a secret's quotes or non-ASCII)...
+            record = logging.makeLogRecord(record.__dict__)
+            record.msg, record.args = self._mask(record.getMessage()), None
+            if record.exc_info:
+                record.exc_text = self._mask(self.inner.formatException(record.exc_info))
+                record.exc_info = None
+            if record.stack_info:
+                record.stack_info = self._mask(record.stack_info)
+        return self._mask(self.inner.format(record))  # ...and after: context fields too
 
 
 class _Console(logging.Formatter):

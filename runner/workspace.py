@@ -9,8 +9,8 @@ import asyncio
 import contextlib
 import hashlib
 import logging
-import re
 import shutil
+import tempfile
 import threading
 from collections.abc import Mapping
 from pathlib import Path
@@ -37,6 +37,10 @@ def head_of(path: Path) -> tuple[str, str]:
 
 _locks: dict[str, threading.Lock] = {}
 FETCH_DEADLINE = 120.0
+# libgit2's own network timeouts (milliseconds): a fetch given up at its deadline still ends,
+# and frees its mirror, when the remote stops answering
+pygit2.option(pygit2.enums.Option.SET_SERVER_CONNECT_TIMEOUT, 30_000)
+pygit2.option(pygit2.enums.Option.SET_SERVER_TIMEOUT, int(FETCH_DEADLINE * 1000))
 
 
 class WorkspaceUnavailable(TransientError):
@@ -75,9 +79,10 @@ def _mirror(cache: Path, clone_url: str, sha: str) -> pygit2.Repository:
         lock.release()
 
 
-def _checkout(clone_url: str, sha: str, dest: Path, cache: Path) -> None:
+def _checkout(clone_url: str, sha: str, dest: Path, cache: Path) -> str:
     """`dest` becomes a checkout of `sha` whose objects live in the mirror (git alternates):
-    only the files are written, never a copy of the history. `origin` is `clone_url`."""
+    only the files are written, never a copy of the history. `origin` is `clone_url`. Returns
+    the mirror's object folder."""
     mirror = _mirror(cache, clone_url, sha)
     if not _has(mirror, sha):
         raise PermanentError(f"commit {sha} is not in {clone_url}")
@@ -89,30 +94,27 @@ def _checkout(clone_url: str, sha: str, dest: Path, cache: Path) -> None:
     commit = repo.revparse_single(sha).peel(pygit2.Commit)
     repo.checkout_tree(commit, strategy=pygit2.enums.CheckoutStrategy.FORCE)  # type: ignore[no-untyped-call]
     repo.set_head(commit.id)
+    return str(Path(mirror.path).resolve() / "objects")
+
+
+def _record(workspace: Path) -> Path:
+    """Where the mirror a workspace borrows is written down: next to it, outside it."""
+    return workspace.with_name(workspace.name + ".mirror")
 
 
 def borrowed_objects(workspace: Path) -> list[str]:
-    """The mirror object folders a run workspace borrows (its git alternates), for executors to
-    make visible read-only. Only this module's own mirrors count: the file is in the workspace,
-    which a step may write, and anything else listed there is ignored, never mounted."""
-    listing = workspace / ".git" / "objects" / "info" / "alternates"
-    if not listing.is_file():
+    """The mirror object folder a run workspace borrows, for executors to make visible
+    read-only: the one recorded when the workspace was made, outside it. The workspace's own
+    alternates file is never trusted: a step may write it (and name another repository's
+    mirror, or any host path)."""
+    record = _record(workspace)
+    if not record.is_file():
         return []
     mirrors = (workspace.parent.parent / "clones").resolve()
-    found = []
-    for line in listing.read_text(encoding="utf-8", errors="replace").splitlines():
-        path = Path(line.strip())
-        if not path.is_absolute():
-            continue
-        resolved = path.resolve()
-        if (
-            resolved.parent.parent == mirrors
-            and resolved.name == "objects"
-            and re.fullmatch(r"[0-9a-f]{16}\.git", resolved.parent.name)
-            and resolved.is_dir()
-        ):
-            found.append(str(resolved))
-    return found
+    path = Path(record.read_text(encoding="utf-8").strip()).resolve()
+    if path.parent.parent == mirrors and path.name == "objects" and path.is_dir():
+        return [str(path)]
+    return []
 
 
 class Workspaces:
@@ -131,23 +133,27 @@ class Workspaces:
         self.root.mkdir(parents=True, exist_ok=True)
         clone_url, sha = trigger.get("clone_url"), trigger.get("sha")
         if clone_url and sha:
-            partial = path.with_name(path.name + ".partial")
-            shutil.rmtree(partial, ignore_errors=True)
+            # each attempt its own folder: one given up at its deadline may still be writing
+            partial = Path(tempfile.mkdtemp(prefix=f"{path.name}.partial-", dir=self.root))
             cache = self.root.parent / "clones"
 
             def checkout() -> str:
-                _checkout(str(clone_url), str(sha), partial, cache)
-                return ""
+                return _checkout(str(clone_url), str(sha), partial, cache)
 
-            try:  # libgit2 has no network timeout: a hung remote must not hold the run
-                await asyncio.wait_for(_in_daemon_thread(checkout), FETCH_DEADLINE)
+            try:  # libgit2 has no overall deadline: a hung remote must not hold the run
+                objects = await asyncio.wait_for(_in_daemon_thread(checkout), FETCH_DEADLINE)
             except TimeoutError:
                 raise WorkspaceUnavailable(
                     f"fetching {redact(str(clone_url))} took over {FETCH_DEADLINE:g}s"
                 ) from None
             except pygit2.GitError as exc:
+                shutil.rmtree(partial, ignore_errors=True)
                 raise WorkspaceUnavailable(f"fetching {redact(str(clone_url))}: {exc}") from exc
-            partial.rename(path)
+            except PermanentError:
+                shutil.rmtree(partial, ignore_errors=True)
+                raise
+            _record(path).write_text(objects + "\n", encoding="utf-8")
+            partial.rename(path)  # noqa: ASYNC240 - one local rename, done once per run
         else:
             path.mkdir()
         return path
@@ -158,3 +164,4 @@ class Workspaces:
             log.info("kept the workspace of failed run %d at %s", run_id, path)
             return
         await asyncio.to_thread(shutil.rmtree, path, True)
+        _record(path).unlink(missing_ok=True)

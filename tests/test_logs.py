@@ -63,6 +63,19 @@ def test_console_lines_and_secrets_masked(capsys: pytest.CaptureFixture[str]) ->
     assert "RuntimeError: refused token ***" in out
 
 
+def test_json_lines_mask_secrets_the_encoder_would_escape(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    secrets = ['pa"ss\\word-1', "clé-secrète-42"]
+    logs.configure(format="json", level="info", secrets=secrets)
+    logging.getLogger("runner.x").warning("login with %s and %s", *secrets)
+    out = capsys.readouterr().err
+    event = json.loads(out)
+    assert event["message"] == "login with *** and ***"
+    assert "word-1" not in out
+    assert "secr" not in out
+
+
 def test_logging_settings_from_file_and_environment(tmp_path: Path) -> None:
     (tmp_path / "runner.yaml").write_text("logging: {format: json, level: debug}\n")
     settings = load_settings(str(tmp_path / "runner.yaml"), env={})

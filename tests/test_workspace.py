@@ -76,8 +76,14 @@ async def test_only_the_runners_own_mirrors_are_ever_borrowed(tmp_path: Path) ->
     listing = space / ".git" / "objects" / "info" / "alternates"
     secret = tmp_path / "elsewhere"
     secret.mkdir()
-    listing.write_text(f"/proc\n/etc\n{secret}\n{mirror}/../../../..\n../../x\n{mirror}\n")
-    assert borrowed_objects(space) == [mirror]
+    other = tmp_path / "private"  # another repository's mirror, whose name anyone can compute
+    git(tmp_path, "init", "-q", "-b", "main", str(other))
+    other_sha = commit(other, "p.txt", "private\n")
+    (other_mirror,) = borrowed_objects(
+        await spaces.prepare(2, {"clone_url": str(other), "sha": other_sha})
+    )
+    listing.write_text(f"/proc\n/etc\n{secret}\n{other_mirror}\n../../x\n")
+    assert borrowed_objects(space) == [mirror]  # what was recorded, outside the workspace
 
 
 async def test_a_hung_remote_is_given_up_at_the_deadline(

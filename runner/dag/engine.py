@@ -170,6 +170,8 @@ class _Execution:
                 self.workspace = await self.engine.workspaces.prepare(self.run.id, self.run.trigger)
             except PermanentError as exc:
                 return await self._finish("failed", f"cannot prepare the workspace: {exc}")
+            if self.cancelled.is_set() or self.lease_lost:  # while the workspace was made
+                return await self._conclude(False)
             timed_out = await self._loop()
         except (ExecutorUnavailable, WorkspaceUnavailable) as exc:  # not the run's fault
             # it waits queued, unfailed
@@ -179,8 +181,14 @@ class _Execution:
                 "queued",
                 only_from=["running"],  # never a cancelled run again
             )
-            await self.store.release_run(self.engine.options.node, self.run.id)
-            return requeued or await self._current()
+            if requeued is None:  # cancelled meanwhile: finish as that
+                self.cancelled.set()
+                return await self._conclude(False)
+            if isinstance(exc, ExecutorUnavailable):  # the breaker decides when to go on
+                await self.store.release_run(self.engine.options.node, self.run.id)
+            # else the lease runs out first: a repository that cannot be fetched is tried
+            # again once a lease later, not at once
+            return requeued
         finally:
             heartbeat.cancel()
         return await self._conclude(timed_out)

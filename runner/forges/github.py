@@ -131,8 +131,11 @@ class GitHubReporting:
                 break
             comments = answer.json()
             for comment in comments:
-                author = (comment.get("user") or {}).get("login")
-                if str(comment.get("body", "")).startswith(marker) and me in (None, author):
+                user = comment.get("user") or {}
+                # ours: by the token's user; an app's token may not ask who it is (GET /user
+                # is 403), then only a bot's comment can be ours, never a person's copy
+                ours = user.get("login") == me if me else user.get("type") == "Bot"
+                if ours and str(comment.get("body", "")).startswith(marker):
                     await self.client._call(
                         "PATCH",
                         f"/repos/{repository}/issues/comments/{comment['id']}",

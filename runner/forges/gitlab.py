@@ -155,8 +155,7 @@ class GitLabClient(ApiClient):
                 break
             notes = answer.json()
             for note in notes:
-                author = (note.get("author") or {}).get("username")
-                ours = me in (None, author)
+                ours = me is not None and (note.get("author") or {}).get("username") == me
                 if ours and not note.get("system") and str(note.get("body", "")).startswith(marker):
                     edited = await self._call(
                         "PUT", f"{notes_path}/{note['id']}", json={"body": text}

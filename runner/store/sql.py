@@ -584,7 +584,9 @@ class SqlStore:
         error: str | None = None,
         only_from: Sequence[RunStatus] | None = None,
     ) -> Run | None:
-        allowed = sorted(RUN_TRANSITIONS[to] & set(only_from or RUN_TRANSITIONS[to]))
+        allowed = sorted(
+            RUN_TRANSITIONS[to] & set(RUN_TRANSITIONS[to] if only_from is None else only_from)
+        )
         now = self.clock()
         marks = ", ".join("?" for _ in allowed)
         if to in FINISHED:  # a finished run keeps no lease

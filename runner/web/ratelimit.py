@@ -124,13 +124,21 @@ class RateLimits:
         self.on_limited = on_limited
 
     def client(self, scope: Scope) -> str:
-        """Who the limits count: the client address, an IPv6 client by its /64 (one host
-        commonly holds a whole /64, so single addresses would be free to vary)."""
+        """The client's address (an IPv4 client seen through a dual-stack socket as itself)."""
         address = self._address(scope)
         ip = _address(address)
-        if ip is not None and ip.version == 6:
-            return str(ipaddress.ip_network(f"{ip}/64", strict=False))
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
         return address
+
+    @staticmethod
+    def bucket_key(client: str) -> str:
+        """Who the limits count: the client, or a global IPv6 client by its /64 (one host
+        commonly holds a whole /64, so single addresses would be free to vary)."""
+        ip = _address(client)
+        if isinstance(ip, ipaddress.IPv6Address) and ip.is_global:
+            return str(ipaddress.ip_network(f"{ip}/64", strict=False))
+        return client
 
     def _address(self, scope: Scope) -> str:
         peer = scope["client"][0] if scope.get("client") else ""
@@ -157,7 +165,7 @@ class RateLimits:
             await self.app(scope, receive, send)
             return
         bucket = self.buckets[kind]
-        allowed, left, next_token, full = bucket.take(client)
+        allowed, left, next_token, full = bucket.take(self.bucket_key(client))
         headers = [
             (b"ratelimit-limit", str(int(bucket.capacity)).encode()),
             (b"ratelimit-remaining", str(left).encode()),

@@ -107,9 +107,12 @@ def test_forwarded_for_is_believed_only_from_trusted_proxies() -> None:
     # the right-most address that is not itself a trusted proxy; a client cannot spoof past it
     assert limits.client(scope("10.1.1.1", "6.6.6.6, 1.2.3.4, 10.2.2.2")) == "1.2.3.4"
     assert limits.client(scope("10.1.1.1")) == "10.1.1.1"
-    # an IPv6 client is counted by its /64, where one host can pick any address
-    assert limits.client(scope("2001:db8:1:2:aaaa::1")) == "2001:db8:1:2::/64"
-    assert limits.client(scope("2001:db8:1:2:bbbb::9")) == "2001:db8:1:2::/64"
+    # an IPv4 client on a dual-stack socket is itself; a global IPv6 client counts by its /64
+    assert limits.client(scope("::ffff:1.2.3.4")) == "1.2.3.4"
+    assert limits.bucket_key("2600:1f18:1:2:aaaa::1") == "2600:1f18:1:2::/64"
+    assert limits.bucket_key("2600:1f18:1:2:bbbb::9") == "2600:1f18:1:2::/64"
+    assert limits.bucket_key("::1") == "::1"  # not global: its own
+    assert limits.bucket_key("1.2.3.4") == "1.2.3.4"
 
 
 def test_endpoint_classes() -> None:
