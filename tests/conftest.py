@@ -3,10 +3,12 @@ from __future__ import annotations
 import itertools
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
 
+from runner.model import Approval, ApprovalPolicy, Run, RunRequest
 from runner.spec.compile import compile_files
 from runner.spec.repo import builtin_agents, repo_files
 from runner.store.base import Store, open_store
@@ -51,3 +53,39 @@ async def example_store(tmp_path: Path) -> AsyncIterator[Store]:
         yield opened
     finally:
         await opened.close()
+
+
+async def gated_run(
+    store: Store,
+    *,
+    key: str,
+    trigger: dict[str, Any],
+    approvers: tuple[str, ...] = ("@acme/security", "alice"),
+) -> tuple[Run, Approval]:
+    """A run of the example's pr-security-review (revision rev1) waiting at its `patch` gate,
+    bound to the trigger's sha."""
+    run, _ = await store.request_run(
+        RunRequest(
+            workflow="pr-security-review",
+            source="main",
+            revision="rev1",
+            idempotency_key=key,
+            trigger=trigger,
+        )
+    )
+    await store.transition_run(run.id, "running")
+    await store.transition_run(run.id, "waiting_approval")
+    gate = await store.create_approval(
+        Approval(
+            id=0,
+            run_id=run.id,
+            step_id="patch",
+            status="pending",
+            policy=ApprovalPolicy(required=1, approvers=approvers),
+            sha=trigger.get("sha"),
+            revision="rev1",
+            inputs_digest="sha256:x",
+            requested_at=1.0,
+        )
+    )
+    return run, gate

@@ -19,11 +19,12 @@ from runner.dispatch import Dispatcher
 from runner.errors import TransientError
 from runner.forges.events import ForgeEvent, parse
 from runner.forges.gitlab import GitLabClient
-from runner.model import Approval, ApprovalPolicy, Run, RunRequest
+from runner.model import Approval, Run
 from runner.reporting import Reporter
 from runner.revisions import BundleLoader
 from runner.spec.repo import builtin_agents
 from runner.store.base import Store
+from tests.conftest import gated_run
 from tests.fake_gitlab import FakeGitLab, fake_gitlab
 
 pytestmark = pytest.mark.anyio
@@ -334,38 +335,15 @@ def store(example_store: Store) -> Store:
 
 
 async def waiting_run(store: Store) -> tuple[Run, Approval]:
-    run, _ = await store.request_run(
-        RunRequest(
-            workflow="pr-security-review",
-            source="main",
-            revision="rev1",
-            idempotency_key=f"gitlab-mr-{IID}",
-            trigger={
-                "event": "pull_request",
-                "forge": "gitlab",
-                "repository": PROJECT,
-                "sha": HEAD,
-                "actor": "dev",
-                "pull_request": {"number": IID},
-            },
-        )
-    )
-    await store.transition_run(run.id, "running")
-    await store.transition_run(run.id, "waiting_approval")
-    gate = await store.create_approval(
-        Approval(
-            id=0,
-            run_id=run.id,
-            step_id="patch",
-            status="pending",
-            policy=ApprovalPolicy(required=1, approvers=("@acme/security", "alice")),
-            sha=HEAD,
-            revision="rev1",
-            inputs_digest="sha256:x",
-            requested_at=1.0,
-        )
-    )
-    return run, gate
+    trigger = {
+        "event": "pull_request",
+        "forge": "gitlab",
+        "repository": PROJECT,
+        "sha": HEAD,
+        "actor": "dev",
+        "pull_request": {"number": IID},
+    }
+    return await gated_run(store, key=f"gitlab-mr-{IID}", trigger=trigger)
 
 
 def note_hook(text: str, user: str) -> bytes:

@@ -12,11 +12,12 @@ import pytest
 from runner.comments import CommentHandler
 from runner.dispatch import Dispatcher
 from runner.forges.github import GiteaClient, GitHubClient, GitHubReporting
-from runner.model import Approval, ApprovalPolicy, Run, RunRequest
+from runner.model import Approval, Run
 from runner.reporting import Reporter
 from runner.revisions import BundleLoader
 from runner.spec.repo import builtin_agents
 from runner.store.base import Store
+from tests.conftest import gated_run
 from tests.fake_github import FakeGitHub, fake_github
 
 pytestmark = pytest.mark.anyio
@@ -39,37 +40,14 @@ def store(example_store: Store) -> Store:
 
 
 async def waiting_run(store: Store) -> tuple[Run, Approval]:
-    run, _ = await store.request_run(
-        RunRequest(
-            workflow="pr-security-review",
-            source="main",
-            revision="rev1",
-            idempotency_key="pr-9",
-            trigger={
-                "event": "pull_request",
-                "repository": REPO,
-                "sha": HEAD,
-                "actor": "dev",
-                "pull_request": {"number": 9},
-            },
-        )
-    )
-    await store.transition_run(run.id, "running")
-    await store.transition_run(run.id, "waiting_approval")
-    gate = await store.create_approval(
-        Approval(
-            id=0,
-            run_id=run.id,
-            step_id="patch",
-            status="pending",
-            policy=ApprovalPolicy(required=1, approvers=("@acme/security", "alice")),
-            sha=HEAD,
-            revision="rev1",
-            inputs_digest="sha256:x",
-            requested_at=1.0,
-        )
-    )
-    return run, gate
+    trigger = {
+        "event": "pull_request",
+        "repository": REPO,
+        "sha": HEAD,
+        "actor": "dev",
+        "pull_request": {"number": 9},
+    }
+    return await gated_run(store, key="pr-9", trigger=trigger)
 
 
 def comment(text: str, user: str, *, number: int = 9) -> bytes:

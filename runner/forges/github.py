@@ -60,23 +60,11 @@ class GitHubClient(ApiClient):
     async def changed_files(self, repository: str, number: int) -> tuple[str, ...]:
         """The files of a pull request, page by page (GitHub lists at most 3,000)."""
         found: list[str] = []
-        for page in range(1, 31):
-            answer = await self._call(
-                "GET",
-                f"/repos/{repository}/pulls/{number}/files",
-                params={"per_page": 100, "page": page},
-            )
-            if answer.status_code != 200:
-                raise TransientError(
-                    f"{self.kind}: files of {repository}#{number}: HTTP {answer.status_code}"
-                )
-            batch = answer.json()
+        async for batch in self._pages(f"/repos/{repository}/pulls/{number}/files"):
             for item in batch:
                 found.append(str(item["filename"]))
                 if item.get("previous_filename"):  # a rename touches its old path too
                     found.append(str(item["previous_filename"]))
-            if len(batch) < 100:
-                break
         return tuple(sorted(set(found)))
 
     async def comment(self, repository: str, number: int, body: str) -> None:
@@ -120,16 +108,7 @@ class GitHubReporting:
     async def upsert_comment(self, repository: str, number: int, marker: str, body: str) -> None:
         text = f"{marker}\n{body}"
         me = await self.client.me()  # only the runner's own comment is edited, never a copy
-        page = 1
-        while True:
-            answer = await self.client._call(
-                "GET",
-                f"/repos/{repository}/issues/{number}/comments",
-                params={"per_page": 100, "page": page},
-            )
-            if answer.status_code != 200:
-                break
-            comments = answer.json()
+        async for comments in self.client._pages(f"/repos/{repository}/issues/{number}/comments"):
             for comment in comments:
                 user = comment.get("user") or {}
                 # ours: by the token's user; an app's token may not ask who it is (GET /user
@@ -142,9 +121,6 @@ class GitHubReporting:
                         json={"body": text},
                     )
                     return
-            if len(comments) < 100:
-                break
-            page += 1
         await self.client.comment(repository, number, text)
 
 

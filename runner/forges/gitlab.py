@@ -88,21 +88,11 @@ class GitLabClient(ApiClient):
     async def changed_files(self, repository: str, number: int) -> tuple[str, ...]:
         """The paths a merge request changes (`/diffs`, GitLab 15.7+), old and new names."""
         found: set[str] = set()
-        for page in range(1, 31):
-            answer = await self._call(
-                "GET",
-                f"/projects/{_encoded(repository)}/merge_requests/{number}/diffs",
-                params={"per_page": 100, "page": page},
-            )
-            if answer.status_code != 200:
-                raise TransientError(
-                    f"GitLab: diffs of {repository}!{number}: HTTP {answer.status_code}"
-                )
-            batch = answer.json()
+        async for batch in self._pages(
+            f"/projects/{_encoded(repository)}/merge_requests/{number}/diffs"
+        ):
             for diff in batch:
                 found.update(str(diff[k]) for k in ("old_path", "new_path") if diff.get(k))
-            if len(batch) < 100:
-                break
         return tuple(sorted(found))
 
     async def comment(self, repository: str, number: int, body: str) -> None:
@@ -144,16 +134,8 @@ class GitLabClient(ApiClient):
         text = f"{marker}\n{body}"
         notes_path = f"/projects/{_encoded(repository)}/merge_requests/{number}/notes"
         me = await self.me()  # only the runner's own note is edited, never someone's copy
-        page = 1
-        while True:
-            answer = await self._call(
-                "GET",
-                notes_path,
-                params={"per_page": 100, "page": page, "sort": "asc", "order_by": "created_at"},
-            )
-            if answer.status_code != 200:
-                break
-            notes = answer.json()
+        oldest_first = {"sort": "asc", "order_by": "created_at"}
+        async for notes in self._pages(notes_path, oldest_first):
             for note in notes:
                 ours = me is not None and (note.get("author") or {}).get("username") == me
                 if ours and not note.get("system") and str(note.get("body", "")).startswith(marker):
@@ -169,7 +151,4 @@ class GitLabClient(ApiClient):
                             edited.status_code,
                         )
                     return
-            if len(notes) < 100:
-                break
-            page += 1
         await self.comment(repository, number, text)

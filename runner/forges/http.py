@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 import httpx
@@ -71,6 +71,22 @@ class ApiClient:
                 await asyncio.sleep(wait * (1 + random.random()))
                 delay *= 2
         raise TransientError(f"{self.kind} {method} {path} failed: {error}")
+
+    async def _pages(
+        self, path: str, params: Mapping[str, Any] | None = None, *, most: int = 30
+    ) -> AsyncIterator[list[Any]]:
+        """The pages (100 items each) of a listing, up to `most` pages; a page that cannot be
+        had is a TransientError."""
+        for page in range(1, most + 1):
+            answer = await self._call(
+                "GET", path, params={**(params or {}), "per_page": 100, "page": page}
+            )
+            if answer.status_code != 200:
+                raise TransientError(f"{self.kind} GET {path}: HTTP {answer.status_code}")
+            batch: list[Any] = answer.json()
+            yield batch
+            if len(batch) < 100:
+                return
 
     async def me(self) -> str | None:
         """The login of the token's own user (GET /user), or None when the forge cannot say."""

@@ -64,7 +64,13 @@ def agent(tmp_path: Path, program: str, **spec: object) -> Agent:
 
 
 async def run(
-    executor: Executor, agent: Agent, workspace: Path, *, limit: float = 60, **extra: object
+    executor: Executor,
+    agent: Agent,
+    workspace: Path,
+    *,
+    limit: float = 60,
+    run_id: int = 1,
+    **extra: object,
 ) -> tuple[StepResult, str]:
     chunks: list[bytes] = []
 
@@ -72,7 +78,7 @@ async def run(
         chunks.append(data)
 
     step = StepSpec(
-        run_id=1,
+        run_id=run_id,
         step_id="probe",
         attempt=1,
         agent=agent,

@@ -5,6 +5,7 @@ A last test runs on a real engine when this machine has one, and says why it ski
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -24,11 +25,12 @@ import pytest
 
 pytest.importorskip("dagger", reason="dagger-io is not installed (the `dagger` extra)")
 
-from runner.executors.base import ExecutorUnavailable, StepResult, StepSpec, open_executor
+from runner.executors.base import ExecutorUnavailable, open_executor
 from runner.executors.dagger import DaggerExecutor
 from runner.model import Agent
 from runner.workspace import Workspaces
 from tests.executors.dagger_double import EngineDouble
+from tests.executors.test_conformance import run as run_step
 
 pytestmark = pytest.mark.anyio
 ROOT = Path(__file__).parents[2]
@@ -67,31 +69,7 @@ def workspace(tmp_path: Path) -> Path:
     return path
 
 
-async def run(
-    executor: DaggerExecutor,
-    agent: Agent,
-    workspace: Path,
-    *,
-    limit: float = 60,
-    **extra: object,
-) -> tuple[StepResult, str]:
-    chunks: list[bytes] = []
-
-    async def sink(data: bytes) -> None:
-        chunks.append(data)
-
-    step = StepSpec(
-        run_id=7,
-        step_id="probe",
-        attempt=1,
-        agent=agent,
-        inputs={"n": 41},
-        workspace=workspace,
-        timeout=limit,
-        **extra,  # type: ignore[arg-type]
-    )
-    result = await executor.run_step(step, sink)
-    return result, b"".join(chunks).decode()
+run = functools.partial(run_step, run_id=7)  # ids the assertions below look for
 
 
 def attached(engine: EngineDouble, **options: object) -> DaggerExecutor:

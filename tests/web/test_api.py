@@ -15,9 +15,9 @@ import httpx
 import pytest
 from openapi_spec_validator import validate
 
-from runner.model import Approval, ApprovalPolicy, RunRequest, StepRun
+from runner.model import RunRequest, StepRun
 from runner.store.base import open_store
-from tests.conftest import apply_example
+from tests.conftest import apply_example, gated_run
 from tests.web.service import serve
 
 TOKENS = {
@@ -83,29 +83,9 @@ def error_of(response: httpx.Response) -> str:
 
 def waiting_gate(home: Path, approvers: tuple[str, ...]) -> tuple[int, int]:
     async def work(store: Any) -> tuple[int, int]:
-        run, _ = await store.request_run(
-            RunRequest(
-                workflow="pr-security-review",
-                source="main",
-                revision="rev1",
-                idempotency_key=f"gate-{approvers}",
-                trigger={"event": "pull_request", "actor": "dev", "sha": "c0ffee"},
-            )
-        )
-        await store.transition_run(run.id, "running")
-        await store.transition_run(run.id, "waiting_approval")
-        gate = await store.create_approval(
-            Approval(
-                id=0,
-                run_id=run.id,
-                step_id="patch",
-                status="pending",
-                policy=ApprovalPolicy(required=1, approvers=approvers),
-                sha="c0ffee",
-                revision="rev1",
-                inputs_digest="sha256:x",
-                requested_at=1.0,
-            )
+        trigger = {"event": "pull_request", "actor": "dev", "sha": "c0ffee"}
+        run, gate = await gated_run(
+            store, key=f"gate-{approvers}", trigger=trigger, approvers=approvers
         )
         return run.id, gate.id
 
