@@ -1,21 +1,26 @@
 """Approval gates: the one policy function every channel (CLI, API, PR comments) goes through.
 
 A decision counts only if the person passes the step's policy: listed as a user or a member of a
-listed team (or, with no list, has write access), and is not the run's author unless
-`allow_author`. It is bound to the sha, revision and inputs digest the gate was opened for.
-`required` distinct approvers close the gate; one rejection closes it as rejected.
+listed team (or, with no list, has write access), and is not one of the run's authors unless
+`allow_author`. The authors are whoever started the run, the pull request's author, and whoever
+pushed the head the gate is for (recorded from the forge's deliveries, and, through a comment,
+the head commit's accounts as the forge reports them). A decision is bound to the sha, revision
+and inputs digest the gate was opened for; a comment must have been written after the gate
+opened, and decides a gate once. `required` distinct approvers close the gate; one rejection
+closes it as rejected. Every decision is recorded with who, when, the channel and the comment.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
+from runner import metrics
 from runner.errors import PermanentError
-from runner.model import Approval, ApprovalPolicy, Decision
+from runner.model import Approval, ApprovalPolicy, Decision, Run
 from runner.store.base import Store
 
 log = logging.getLogger(__name__)
@@ -51,15 +56,22 @@ class NotAllowed(PermanentError):
     """This person may not decide this approval (HTTP 403; a reply on the PR)."""
 
 
-def check_policy(policy: ApprovalPolicy, who: Identity, *, author: str | None) -> str | None:
-    """Why `who` may not decide under `policy`, or None when they may."""
-    if author and who.name == author and not policy.allow_author:
-        return f"{who.name} started this run, and the policy does not allow its author to approve"
+def check_policy(
+    policy: ApprovalPolicy, who: Identity, *, authors: Iterable[str] = ()
+) -> str | None:
+    """Why `who` may not decide under `policy`, or None when they may. Names compare without
+    case, as the forges treat logins."""
+    name = who.name.casefold()
+    if not policy.allow_author and name in {a.casefold() for a in authors if a}:
+        return (
+            f"{who.name} is an author of this change (started the run, opened the pull request "
+            "or pushed its head), and the policy does not allow authors to approve"
+        )
     if not policy.approvers:
         return None if who.can_write else f"{who.name} has no write access to the repository"
-    users = {a for a in policy.approvers if not a.startswith("@")}
-    teams = {a[1:] for a in policy.approvers if a.startswith("@")}
-    if who.name in users or who.teams & teams:
+    users = {a.casefold() for a in policy.approvers if not a.startswith("@")}
+    teams = {a[1:].casefold() for a in policy.approvers if a.startswith("@")}
+    if name in users or {t.casefold() for t in who.teams} & teams:
         return None
     return f"{who.name} is not among the approvers ({', '.join(policy.approvers)})"
 
@@ -72,20 +84,77 @@ class Outcome:
     message: str
 
 
+@dataclass(frozen=True, kw_only=True)
+class Channel:
+    """Where a decision came from: the CLI or API (just `via`), or a forge comment, whose id
+    decides a gate once and whose creation time must be after the gate opened."""
+
+    via: Literal["cli", "api", "comment"]
+    forge: str | None = None
+    comment_id: str | None = None
+    written_at: float | None = None
+    url: str | None = None
+
+
+async def authors_of(store: Store, run: Run | None, sha: str | None) -> set[str]:
+    """Who counts as an author of the change a gate is for, from what the runner recorded:
+    whoever started the run, the pull request's author, and whoever pushed head `sha`."""
+    if run is None:
+        return set()
+    trigger = run.trigger
+    pull = trigger.get("pull_request") or {}
+    found = {str(trigger.get("actor") or ""), str(pull.get("author") or "")}
+    forge, repository, number = trigger.get("forge"), trigger.get("repository"), pull.get("number")
+    if forge and repository and isinstance(number, int) and sha:
+        found |= await store.pushers(str(forge), str(repository), number, sha)
+    return {name for name in found if name}
+
+
+async def _refusal(
+    store: Store,
+    approval: Approval,
+    who: Identity,
+    channel: Channel,
+    sha: str | None,
+    authors: Iterable[str],
+) -> str | None:
+    """Why this decision may not be recorded, or None when it may."""
+    if approval.status != "pending":
+        return f"approval {approval.id} is already {approval.status}"
+    if channel.via == "comment" and (
+        channel.written_at is None or channel.written_at <= approval.requested_at
+    ):
+        return (
+            f"this comment was written before approval {approval.id} was asked for: "
+            "comment again to decide it"
+        )
+    if sha is not None and approval.sha is not None and sha != approval.sha:
+        return (
+            f"approval {approval.id} is for commit {approval.sha[:12]}, not {sha[:12]}: "
+            "a new push needs a new approval"
+        )
+    run = await store.get_run(approval.run_id)
+    everyone = await authors_of(store, run, approval.sha) | set(authors)
+    return check_policy(approval.policy, who, authors=everyone)
+
+
 async def decide(
     store: Store,
     approval_id: int,
     *,
     who: Identity,
     decision: Literal["approve", "reject"],
-    via: Literal["cli", "api", "comment"],
+    channel: Channel,
     comment: str = "",
-    url: str | None = None,
     sha: str | None = None,
+    authors: Iterable[str] = (),
     now: float | None = None,
 ) -> Outcome:
     """Record `who`'s decision if the policy allows it; close the gate when it is decided and
-    hand the run back to the workers. Raises `NotAllowed` (nothing recorded) otherwise."""
+    hand the run back to the workers. Raises `NotAllowed` (nothing recorded) otherwise.
+
+    `sha` is the pull request's head now (a comment); `authors` adds authors the caller knows of
+    (a forge's answer about the pull request) to those the runner recorded."""
     now = time.time() if now is None else now
     approval = await store.get_approval(approval_id)
     if approval is None:
@@ -95,32 +164,31 @@ async def decide(
         raise NotAllowed(
             f"approval {approval_id} timed out; on_timeout ({approval.policy.on_timeout}) applies"
         )
-    if approval.status != "pending":
-        raise NotAllowed(f"approval {approval_id} is already {approval.status}")
-    run = await store.get_run(approval.run_id)
-    author = str(run.trigger.get("actor") or "") if run else ""
-    if sha is not None and approval.sha is not None and sha != approval.sha:
-        raise NotAllowed(
-            f"approval {approval_id} is for commit {approval.sha[:12]}, not {sha[:12]}: "
-            "a new push needs a new approval"
-        )
-    problem = check_policy(approval.policy, who, author=author or None)
+    problem = await _refusal(store, approval, who, channel, sha, authors)
     if problem:
         log.warning("refused %s of approval %d: %s", decision, approval_id, problem)
+        metrics.DECISIONS.labels(channel.via, "refused").inc()
         raise NotAllowed(problem)
-    await store.add_decision(
+    recorded = await store.add_decision(
         Decision(
             approval_id=approval.id,
             actor=who.name,
             decision=decision,
-            via=via,
+            via=channel.via,
             sha=approval.sha,
             revision=approval.revision,
             inputs_digest=approval.inputs_digest,
             comment=comment,
-            url=url,
+            url=channel.url,
+            forge=channel.forge,
+            comment_id=channel.comment_id,
         )
     )
+    if recorded is None:
+        current = await store.get_approval(approval_id)
+        state = current.status if current is not None else "gone"
+        raise NotAllowed(f"approval {approval_id} is {state}, or this comment decided it already")
+    metrics.DECISIONS.labels(channel.via, "recorded").inc()
     if decision == "reject":
         return await _close(store, approval, "rejected", 0, f"rejected by {who.name}")
     approvers = {d.actor for d in await store.decisions(approval.id) if d.decision == "approve"}
@@ -147,20 +215,21 @@ async def expire_due(store: Store, now: float) -> list[Approval]:
     expired = []
     for approval in await store.list_approvals(status="pending"):
         if approval.deadline is not None and approval.deadline <= now:
-            closed = await store.close_approval(approval.id, "expired")
+            closed = await store.expire_approval(
+                approval.id,
+                Decision(
+                    approval_id=approval.id,
+                    actor="runner",
+                    decision="approve" if approval.policy.on_timeout == "approve" else "reject",
+                    via="timeout",
+                    sha=approval.sha,
+                    revision=approval.revision,
+                    inputs_digest=approval.inputs_digest,
+                    comment=f"timed out; on_timeout: {approval.policy.on_timeout}",
+                ),
+            )
             if closed is not None:
-                await store.add_decision(
-                    Decision(
-                        approval_id=approval.id,
-                        actor="runner",
-                        decision="approve" if approval.policy.on_timeout == "approve" else "reject",
-                        via="timeout",
-                        sha=approval.sha,
-                        revision=approval.revision,
-                        inputs_digest=approval.inputs_digest,
-                        comment=f"timed out; on_timeout: {approval.policy.on_timeout}",
-                    )
-                )
+                metrics.DECISIONS.labels("timeout", "recorded").inc()
                 await store.transition_run(approval.run_id, "running")
                 expired.append(closed)
     return expired

@@ -232,6 +232,56 @@ async def _migrate(settings: Settings) -> list[str]:
         await store.close()
 
 
+@db.command()
+@click.option(
+    "--older-than",
+    required=True,
+    metavar="DURATION",
+    help="Remove finished runs that finished longer ago than this, e.g. 90d.",
+)
+@click.option(
+    "--keep-last",
+    default=10,
+    show_default=True,
+    type=click.IntRange(min=0),
+    help="Keep this many newest finished runs of each workflow, however old.",
+)
+@config_option
+@_usage_errors
+def prune(older_than: str, keep_last: int, config_path: str | None) -> None:
+    """Remove whole finished runs (steps, logs, approvals and their decisions) and handled
+    deliveries older than --older-than: the only way anything leaves the audit trail."""
+    from runner.spec.timing import parse_duration
+
+    try:
+        age = parse_duration(older_than)
+    except ValueError:
+        raise UsageError(f"--older-than {older_than!r}: write a duration like 30d or 12h") from None
+    settings = load_settings(config_path)
+    cutoff = datetime.now(UTC).timestamp() - age
+    removed = asyncio.run(_prune(settings, cutoff, keep_last))
+    stamp = datetime.fromtimestamp(cutoff, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    click.echo(
+        f"retention: removed {removed} finished run(s) that finished before {stamp}"
+        f" (kept the newest {keep_last} of each workflow)",
+        err=True,
+    )
+
+
+async def _prune(settings: Settings, cutoff: float, keep_last: int) -> int:
+    from runner.store.base import open_store
+
+    store = open_store(settings.database.url, pool_size=settings.database.pool_size)
+    try:
+        await store.open()
+        await store.migrate()
+        return await store.prune(older_than=cutoff, keep_last=keep_last)
+    except TransientError as exc:
+        raise click.ClickException(f"cannot reach the database: {exc}") from None
+    finally:
+        await store.close()
+
+
 def main() -> None:
     from runner import cli_runs, cli_serve
 

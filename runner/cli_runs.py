@@ -19,7 +19,7 @@ from rich.live import Live
 from rich.markup import escape
 from rich.table import Table
 
-from runner.approvals import LocalDirectory, NotAllowed, decide
+from runner.approvals import Channel, LocalDirectory, NotAllowed, decide
 from runner.cli_common import config_option, output_option, when
 from runner.errors import PermanentError, UsageError
 from runner.model import Approval, Run, RunRequest, RunStatus, Workflow
@@ -29,6 +29,7 @@ from runner.settings import load_settings
 from runner.spec.compile import compile_files
 from runner.spec.inputs import InputsInvalid, resolve_inputs
 from runner.spec.repo import builtin_agents, repo_files
+from runner.web.views import decision_view
 from runner.workspace import head_of
 
 EXIT = {"succeeded": 0, "waiting_approval": 3}
@@ -273,7 +274,7 @@ async def _approve(
                     gate.id,
                     who=who,
                     decision="reject" if reject else "approve",
-                    via="cli",
+                    channel=Channel(via="cli"),
                     comment=comment,
                 )
             except NotAllowed as exc:
@@ -384,16 +385,12 @@ def show(run_id: int, output: str, config_path: str | None) -> None:
                     "id": a.id,
                     "step": a.step_id,
                     "status": a.status,
-                    "decisions": [
-                        {
-                            "actor": d.actor,
-                            "decision": d.decision,
-                            "via": d.via,
-                            "at": d.created_at,
-                            "comment": d.comment,
-                        }
-                        for d in decisions[a.id]
-                    ],
+                    "sha": a.sha,
+                    "revision": a.revision,
+                    "inputs_digest": a.inputs_digest,
+                    "requested_at": a.requested_at,
+                    "decided_at": a.decided_at,
+                    "decisions": [decision_view(d) | {"at": d.created_at} for d in decisions[a.id]],
                 }
                 for a in approvals
             ],
@@ -419,10 +416,13 @@ def show(run_id: int, output: str, config_path: str | None) -> None:
     for a in approvals:
         console.print(f"approval {a.id} for step {a.step_id}: {_styled(a.status)}", highlight=False)
         for d in decisions[a.id]:
+            channel = f"{d.via} on {d.forge}" if d.forge else d.via
             console.print(
-                f"  {d.decision} by {d.actor} via {d.via} at {when(d.created_at)}"
-                f" {escape(d.comment)}",
+                f"  {d.decision} by {d.actor} via {channel} at {when(d.created_at)}"
+                f" for {(d.sha or '-')[:12]} {escape(d.comment)}"
+                + (f" ({escape(d.url)})" if d.url else ""),
                 highlight=False,
+                soft_wrap=True,
             )
 
 

@@ -1,18 +1,24 @@
 """Pull-request comment commands, acted on: `/approve` and `/reject` go through the engine's one
 policy function with the commenter's identity as the forge knows it (teams, write access) and
 the pull request's current head; `/retry`, `/cancel` and `/run` need write access. Every
-command is answered on the pull request."""
+command is answered on the pull request.
+
+A comment acts only on runs triggered through the same configured forge and repository, and
+at most once: the first stored delivery carrying it claims it by the forge's comment id, so the
+same signed body re-sent under another delivery id does nothing. Its authors (the pull
+request's, and the head commit's as the forge links them) join the run's recorded ones for the
+author ban."""
 
 from __future__ import annotations
 
 import logging
-import uuid
 from collections.abc import Mapping
 from typing import Literal
 
-from runner.approvals import NotAllowed, decide
+from runner import metrics
+from runner.approvals import Channel, NotAllowed, decide
 from runner.dag import control
-from runner.errors import PermanentError
+from runner.errors import PermanentError, TransientError
 from runner.forges.api import ForgeClient
 from runner.forges.commands import HELP, Command, parse_comment
 from runner.forges.events import ForgeEvent
@@ -25,12 +31,28 @@ log = logging.getLogger(__name__)
 
 
 def _pr_runs(runs: list[Run], event: ForgeEvent) -> list[Run]:
+    """The runs of the event's pull request: same configured forge, repository and number."""
     return [
         r
         for r in runs
-        if r.trigger.get("repository") == event.repository
+        if r.trigger.get("forge") == event.forge
+        and r.trigger.get("repository") == event.repository
         and (r.trigger.get("pull_request") or {}).get("number") == event.number
     ]
+
+
+class _Context:
+    """What one comment's commands share: the pull request's head and author now, and the
+    head commit's accounts, asked of the forge once and only when a decision needs them."""
+
+    def __init__(self, *, head: str, author: str) -> None:
+        self.head, self.author = head, author
+        self._accounts: frozenset[str] | None = None
+
+    async def authors(self, client: ForgeClient, repository: str) -> frozenset[str]:
+        if self._accounts is None:
+            self._accounts = await client.head_accounts(repository, self.head)
+        return self._accounts | {self.author}
 
 
 class CommentHandler:
@@ -41,8 +63,9 @@ class CommentHandler:
         self.loader = loader
         self.clients = dict(clients)
 
-    async def handle(self, event: ForgeEvent) -> list[str]:
-        """Act on the commands of a new pull-request comment; the reply posted (as lines)."""
+    async def handle(self, event: ForgeEvent, event_id: int) -> list[str]:
+        """Act on the commands of a new pull-request comment carried by stored event
+        `event_id`; the reply posted (as lines)."""
         commands, errors = parse_comment(event.comment or "")
         if not commands and not errors:
             return []
@@ -54,12 +77,40 @@ class CommentHandler:
                 event.number,
                 event.forge,
             )
+            metrics.comment_command(event.forge, "no_token")
             return []
-        head, _author = await client.pull_head(event.repository, event.number or 0)
+        if event.comment_id is None:
+            log.warning(
+                "comment on %s#%s names no comment id: commands ignored",
+                event.repository,
+                event.number,
+            )
+            metrics.comment_command(event.forge, "no_id")
+            return []
+        if not await self.store.claim_comment(
+            event.forge,
+            event.comment_id,
+            event_id=event_id,
+            repository=event.repository,
+            number=event.number or 0,
+            actor=event.actor,
+        ):
+            log.warning(
+                "comment %s on %s#%s was acted on already (the same comment in another"
+                " delivery): ignored",
+                event.comment_id,
+                event.repository,
+                event.number,
+            )
+            metrics.comment_command(event.forge, "replayed")
+            return []
+        metrics.comment_command(event.forge, "acted")
+        head, author = await client.pull_head(event.repository, event.number or 0)
         runs = _pr_runs(await self.store.list_runs(limit=1000), event)
         replies = [f"@{event.actor}: {e}" for e in errors]
+        context = _Context(head=head, author=author)
         for command in commands:
-            replies += await self._one(command, event, client, head, runs)
+            replies += await self._one(command, event, client, context, runs)
         if replies:
             await client.comment(event.repository, event.number or 0, "\n".join(replies))
         return replies
@@ -92,18 +143,23 @@ class CommentHandler:
         return cancelled
 
     async def _one(
-        self, command: Command, event: ForgeEvent, client: ForgeClient, head: str, runs: list[Run]
+        self,
+        command: Command,
+        event: ForgeEvent,
+        client: ForgeClient,
+        context: _Context,
+        runs: list[Run],
     ) -> list[str]:
         if command.verb == "help":
             return [HELP]
         targets = [r for r in runs if command.run is None or r.id == command.run]
         if command.verb in ("approve", "reject"):
-            return await self._decide(command, event, client, head, targets)
+            return await self._decide(command, event, client, context, targets)
         who = await client.identity(event.repository, event.actor, [])
         if not who.can_write:
             return [f"@{event.actor}: /{command.verb} needs write access to {event.repository}"]
         if command.verb == "run":
-            return [await self._run(command, event, head)]
+            return [await self._run(command, event, context)]
         replies = []
         for run in targets:
             try:
@@ -125,11 +181,18 @@ class CommentHandler:
         command: Command,
         event: ForgeEvent,
         client: ForgeClient,
-        head: str,
+        context: _Context,
         targets: list[Run],
     ) -> list[str]:
         decision: Literal["approve", "reject"] = (
             "approve" if command.verb == "approve" else "reject"
+        )
+        channel = Channel(
+            via="comment",
+            forge=event.forge,
+            comment_id=event.comment_id,
+            written_at=event.comment_at,
+            url=event.comment_url,
         )
         replies = []
         for run in targets:
@@ -139,15 +202,23 @@ class CommentHandler:
                 teams = [a[1:] for a in gate.policy.approvers if a.startswith("@")]
                 who = await client.identity(event.repository, event.actor, teams)
                 try:
+                    authors = await context.authors(client, event.repository)
+                except TransientError as exc:
+                    replies.append(
+                        f"@{event.actor}: not counted for run {run.id} step `{gate.step_id}`:"
+                        f" cannot tell who pushed {context.head[:12]} ({exc}); comment again"
+                    )
+                    continue
+                try:
                     outcome = await decide(
                         self.store,
                         gate.id,
                         who=who,
                         decision=decision,
-                        via="comment",
+                        channel=channel,
                         comment=command.reason or command.line,
-                        url=event.comment_url,
-                        sha=head,
+                        sha=context.head,
+                        authors=authors,
                     )
                 except NotAllowed as exc:
                     replies.append(
@@ -159,7 +230,8 @@ class CommentHandler:
                 )
         return replies or [f"@{event.actor}: nothing of this pull request waits for approval"]
 
-    async def _run(self, command: Command, event: ForgeEvent, head: str) -> str:
+    async def _run(self, command: Command, event: ForgeEvent, context: _Context) -> str:
+        head = context.head
         for status in await self.store.list_source_statuses():
             if not status.applied_revision:
                 continue
@@ -178,14 +250,18 @@ class CommentHandler:
                 "sha": head,
                 "actor": event.actor,
                 "clone_url": event.clone_url,
-                "pull_request": {"number": event.number, "action": "comment"},
+                "pull_request": {
+                    "number": event.number,
+                    "action": "comment",
+                    "author": context.author,
+                },
             }
             run, _ = await self.store.request_run(
                 RunRequest(
                     workflow=workflow.name,
                     source=status.name,
                     revision=status.applied_revision,
-                    idempotency_key=f"comment:{event.comment_url or uuid.uuid4()}:{workflow.name}",
+                    idempotency_key=f"comment:{event.forge}:{event.comment_id}:{workflow.name}",
                     trigger=trigger,
                     inputs=inputs,
                 )

@@ -27,6 +27,9 @@ from runner.store.base import Store
 from runner.triggers import matches
 
 log = logging.getLogger(__name__)
+# pull request actions whose sender pushed the head they name (GitLab's `update` counts only
+# with `oldrev`, which events.py maps to synchronize; a reopen pushes nothing)
+PUSHED_HEAD = frozenset({"opened", "synchronize"})
 
 
 def same_repository(url: str, event: ForgeEvent) -> bool:
@@ -93,12 +96,21 @@ class Dispatcher:
         )
         if forge_event is None:
             return []
+        if forge_event.kind == "pull_request" and forge_event.action in PUSHED_HEAD:
+            # who brought the PR to this head counts as its author for approvals
+            await self.store.record_push(
+                forge_event.forge,
+                forge_event.repository,
+                forge_event.number or 0,
+                forge_event.sha,
+                forge_event.actor,
+            )
         new_head = forge_event.kind == "pull_request" and forge_event.action == "synchronize"
         if new_head and self.comments is not None:
             await self.comments.superseded(forge_event)
         if forge_event.kind == "comment":
             if self.comments is not None:
-                await self.comments.handle(forge_event)
+                await self.comments.handle(forge_event, event.id)
                 self.nudge_workers()  # an approval may have put a run back to work
             return []
         for name, (url, branch) in self.sources.items():

@@ -105,6 +105,22 @@ FORGE_CALLS = Counter(
     ["forge", "result"],
 )
 
+COMMENT_COMMANDS = Counter(
+    "runner_comment_commands_total",
+    "Pull-request comments holding commands, by forge and outcome (acted, replayed: the same "
+    "comment in another delivery, no_id, no_token).",
+    ["forge", "outcome"],
+)
+DECISIONS = Counter(
+    "runner_approval_decisions_total",
+    "Approval decisions, by channel (comment, api, cli, timeout) and result (recorded, refused).",
+    ["via", "result"],
+)
+
+
+def comment_command(forge: str, outcome: str) -> None:
+    COMMENT_COMMANDS.labels(forge, outcome).inc()
+
 
 def run_finished(
     workflow: str, outcome: str, started: float | None, finished: float | None

@@ -262,6 +262,8 @@ class Decision:
     inputs_digest: str
     comment: str = ""
     url: str | None = None
+    forge: str | None = None  # the configured forge a comment came through
+    comment_id: str | None = None  # the forge's id of that comment: it decides a gate once
     id: int = 0
     created_at: float = 0.0
 

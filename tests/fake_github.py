@@ -46,6 +46,9 @@ class FakeGitHub:
     # the answer is GitHub's example pull request with these laid over it
     pulls: dict[tuple[str, int], dict[str, Any]] = field(default_factory=dict)
     files: dict[tuple[str, int], list[str]] = field(default_factory=dict)  # a PR's changed files
+    # (repo, sha) -> the accounts GitHub links to a commit: {"author": login, "committer": login}
+    # (a commit not listed, or a login of None: an e-mail linked to no account, answered null)
+    commits: dict[tuple[str, str], dict[str, str | None]] = field(default_factory=dict)
     comments: list[tuple[str, int, str]] = field(default_factory=list)  # comment id = index + 1
     authors: dict[int, str] = field(default_factory=dict)  # comment index -> login (else bot)
     bot: str = "runner-bot"  # the token's user: the author of what the runner posts
@@ -160,6 +163,35 @@ class FakeGitHub:
             ]
             return 200, found[(page - 1) * per_page : page * per_page]
 
+        def accounts(repo: str, sha: str) -> dict[str, Any]:
+            linked = self.commits.get((repo, sha), {})
+            return {
+                role: {"login": linked[role], "id": 1, "type": "User"} if linked.get(role) else None
+                for role in ("author", "committer")
+            }
+
+        async def commit(request: Request, _: Any) -> Answer:
+            repo = f"{request.path_params['owner']}/{request.path_params['repo']}"
+            sha = request.path_params["ref"]
+            example = response_example("GET", request.url.path, 200)
+            answer = _merged(example, {"sha": sha})
+            answer["files"] = []  # GitHub's example file lacks its required `sha`
+            for role, user in accounts(repo, sha).items():  # null replaces, not merges
+                answer[role] = None if user is None else _merged(example.get(role) or {}, user)
+            return 200, answer
+
+        async def gitea_commit(request: Request) -> Response:
+            """Gitea's single commit (`/repos/{owner}/{repo}/git/commits/{sha}`), whose
+            `author` and `committer` are Gitea users; GitHub's path of the same name answers a
+            git object without accounts, which the runner's GitHub client never asks for."""
+            method, path = request.method, request.url.path
+            self.calls.append((method, path))
+            if "x-github-api-version" in request.headers:
+                self.violations.append(f"{method} {path}: the GitHub client asks Gitea's path")
+            repo = f"{request.path_params['owner']}/{request.path_params['repo']}"
+            sha = request.path_params["sha"]
+            return JSONResponse({"sha": sha, **accounts(repo, sha)})
+
         async def me(request: Request, _: Any) -> Answer:
             example = response_example("GET", request.url.path, 200)
             return 200, _merged(example, {"login": self.bot})
@@ -246,6 +278,8 @@ class FakeGitHub:
                     methods=["GET"],
                 ),
                 Route("/user", checked(me), methods=["GET"]),
+                Route("/repos/{owner}/{repo}/commits/{ref}", checked(commit), methods=["GET"]),
+                Route("/repos/{owner}/{repo}/git/commits/{sha}", gitea_commit, methods=["GET"]),
                 Route("/repos/{owner}/{repo}/pulls/{number}", checked(pull), methods=["GET"]),
                 Route(
                     "/repos/{owner}/{repo}/pulls/{number}/files",

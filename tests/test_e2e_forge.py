@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import itertools
 import json
 import os
 import signal
@@ -15,6 +16,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
@@ -25,6 +27,7 @@ from tests.source.test_reconciler import git
 from tests.test_serve import AGENT, ECHO, free_port, wait_for
 
 SECRET = "e2e-webhook-secret"
+COMMENT_IDS = itertools.count(1)
 REPO = "acme/app"
 GATED = """\
 apiVersion: runner/v1
@@ -123,7 +126,8 @@ def comment(text: str, user: str, number: int = 9) -> dict[str, object]:
         "action": "created",
         "issue": {"number": number, "pull_request": {"url": "u"}, "user": {"login": "dev"}},
         "comment": {
-            "id": hash(text + user) % 10**8,
+            "id": next(COMMENT_IDS),
+            "created_at": datetime.now(UTC).isoformat(),
             "body": text,
             "user": {"login": user, "type": "User"},
             "html_url": f"https://github.example/{REPO}/pull/{number}#c-{user}",

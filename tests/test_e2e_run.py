@@ -56,7 +56,7 @@ def test_scan_gate_refusal_approval_patch_and_notification(tmp_path: Path) -> No
 
     refused = runner(tmp_path, "approve", "1", user="dev")
     assert refused.returncode == 1
-    assert "dev started this run" in refused.stderr
+    assert "dev is an author of this change" in refused.stderr
     not_listed = runner(tmp_path, "approve", "1", user="mallory")
     assert "mallory is not among the approvers" in not_listed.stderr
 

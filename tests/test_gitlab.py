@@ -5,6 +5,7 @@ waiting run and report it back."""
 from __future__ import annotations
 
 import copy
+import itertools
 import json
 import logging
 from collections.abc import Iterator
@@ -334,6 +335,9 @@ def store(example_store: Store) -> Store:
     return example_store
 
 
+NOTE_IDS = itertools.count(5000)
+
+
 async def waiting_run(store: Store) -> tuple[Run, Approval]:
     trigger = {
         "event": "pull_request",
@@ -352,6 +356,7 @@ def note_hook(text: str, user: str) -> bytes:
     body = copy.deepcopy(fixture("gitlab/note_hook_mr.json"))
     body["user"]["username"] = user
     body["object_attributes"]["note"] = text
+    body["object_attributes"]["id"] = next(NOTE_IDS)  # each note its own (GitLab's ids are unique)
     body["object_attributes"]["url"] = f"http://example.com/{PROJECT}/merge_requests/{IID}#{user}"
     body["merge_request"]["iid"] = IID
     return json.dumps(body).encode()
@@ -381,7 +386,7 @@ async def test_a_group_member_approves_by_note_and_the_author_is_refused(
     await deliver(store, gitlab, note_hook("/approve", "dev"), "n1")
     assert (await store.get_approval(gate.id)).status == "pending"  # type: ignore[union-attr]
     (refusal,) = gitlab.comments(PROJECT, IID)
-    assert "dev started this run" in refusal
+    assert "dev is an author of this change" in refusal
     await deliver(store, gitlab, note_hook("Looks safe.\n/approve", "carol"), "n2")
     assert (await store.get_approval(gate.id)).status == "approved"  # type: ignore[union-attr]
     assert (await store.get_run(run.id)).status == "running"  # type: ignore[union-attr]

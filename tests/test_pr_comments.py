@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Iterator
 from dataclasses import replace
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -23,6 +25,7 @@ from tests.fake_github import FakeGitHub, fake_github
 pytestmark = pytest.mark.anyio
 EXAMPLE = Path(__file__).parents[1] / "workflows-repo-example"
 REPO, HEAD = "acme/app", "c0ffee" + "0" * 34
+COMMENT_IDS = itertools.count(1000)
 
 
 @pytest.fixture
@@ -39,9 +42,10 @@ def store(example_store: Store) -> Store:
     return example_store
 
 
-async def waiting_run(store: Store) -> tuple[Run, Approval]:
+async def waiting_run(store: Store, forge: str = "github") -> tuple[Run, Approval]:
     trigger = {
         "event": "pull_request",
+        "forge": forge,
         "repository": REPO,
         "sha": HEAD,
         "actor": "dev",
@@ -51,11 +55,14 @@ async def waiting_run(store: Store) -> tuple[Run, Approval]:
 
 
 def comment(text: str, user: str, *, number: int = 9) -> bytes:
+    """A new comment, as GitHub sends it: a fresh id, written now."""
     return json.dumps(
         {
             "action": "created",
             "issue": {"number": number, "pull_request": {"url": "u"}, "user": {"login": "dev"}},
             "comment": {
+                "id": next(COMMENT_IDS),
+                "created_at": datetime.now(UTC).isoformat(),
                 "body": text,
                 "user": {"login": user, "type": "User"},
                 "html_url": f"https://gh/{REPO}/pull/9#c-{user}",
@@ -100,7 +107,7 @@ async def test_author_and_outsider_are_refused_a_team_member_approves(
     await deliver(store, github, comment("/approve", "mallory"), "c2")
     assert (await store.get_approval(gate.id)).status == "pending"  # type: ignore[union-attr]
     replies = [body for _, _, body in github.comments]
-    assert "dev started this run" in replies[0]
+    assert "dev is an author of this change" in replies[0]
     assert "mallory is not among the approvers" in replies[1]
     await deliver(store, github, comment("LGTM\n/approve", "carol"), "c3")
     assert (await store.get_approval(gate.id)).status == "approved"  # type: ignore[union-attr]
@@ -197,12 +204,14 @@ async def test_a_push_to_the_pull_request_voids_waiting_approvals(
 async def test_gitea_pull_request_comments_use_the_same_policy(
     store: Store, github: FakeGitHub
 ) -> None:
-    run, gate = await waiting_run(store)  # the fake answers Gitea's paths too
+    run, gate = await waiting_run(store, "gitea")  # the fake answers Gitea's paths too
     payload = {
         "action": "created",
         "is_pull": True,
         "issue": {"number": 9, "user": {"login": "dev"}},
         "comment": {
+            "id": next(COMMENT_IDS),
+            "created_at": datetime.now(UTC).isoformat(),
             "body": "/approve",
             "user": {"login": "alice"},
             "html_url": f"https://gt/{REPO}/pulls/9#c",

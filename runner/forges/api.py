@@ -21,6 +21,12 @@ class ForgeClient(Protocol):
         """(head sha, author login) of pull request `number`."""
         ...
 
+    async def head_accounts(self, repository: str, sha: str) -> frozenset[str]:
+        """The forge accounts of commit `sha`'s author and committer, as the forge links them
+        (empty where the forge cannot say); raises `TransientError` when it cannot answer, so
+        that an approval is refused rather than granted on missing information."""
+        ...
+
     async def comment(self, repository: str, number: int, body: str) -> None:
         """Post a new comment on pull request `number`."""
         ...

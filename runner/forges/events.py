@@ -7,6 +7,7 @@ understand is None (the event is recorded as handled, with nothing to do).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 ZERO = "0" * 40
@@ -39,6 +40,8 @@ class ForgeEvent:
     author: str | None = None
     comment: str | None = None  # the text of a new pull-request comment
     comment_url: str | None = None
+    comment_id: str | None = None  # the forge's id of the comment: its commands act once
+    comment_at: float | None = None  # when the forge says it was written (epoch seconds)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def trigger(self, event_type: str) -> dict[str, Any]:
@@ -62,6 +65,24 @@ class ForgeEvent:
                 "author": self.author,
             }
         return info
+
+
+def _time(value: Any) -> float | None:
+    """Epoch seconds of a forge's timestamp: ISO 8601 (GitHub, Gitea, GitLab 16+) or GitLab's
+    older `2015-05-17 18:21:36 UTC`; None when absent or not a time."""
+    if not isinstance(value, str) or not value.strip():
+        return None
+    try:
+        moment = datetime.fromisoformat(value.strip().replace(" UTC", "+00:00"))
+    except ValueError:
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.timestamp()
+
+
+def _id(value: Any) -> str | None:
+    return str(value) if isinstance(value, int | str) and str(value) else None
 
 
 def _ref_parts(ref: str) -> tuple[str | None, str | None]:
@@ -133,6 +154,8 @@ def _github_comment(name: str, body: dict[str, Any], full: str, url: str) -> For
         author=str((issue.get("user") or {}).get("login", "")),
         comment=str(comment.get("body", "")),
         comment_url=str(comment.get("html_url", "")),
+        comment_id=_id(comment.get("id")),
+        comment_at=_time(comment.get("created_at")),
     )
 
 
@@ -158,6 +181,8 @@ def _gitlab_note(name: str, body: dict[str, Any], full: str, url: str) -> ForgeE
         author=None,  # the hook names the MR author by id only; pull_head asks for the login
         comment=str(attrs.get("note", "")),
         comment_url=str(attrs.get("url", "")),
+        comment_id=_id(attrs.get("id")),
+        comment_at=_time(attrs.get("created_at")),
     )
 
 

@@ -57,6 +57,29 @@ class GitHubClient(ApiClient):
         data = answer.json()
         return str(data["head"]["sha"]), str(data["user"]["login"])
 
+    commit_path = "/repos/{repository}/commits/{sha}"
+
+    async def head_accounts(self, repository: str, sha: str) -> frozenset[str]:
+        """Who GitHub says authored and committed `sha` (`author.login`, `committer.login`;
+        null when the commit's e-mail is linked to no account)."""
+
+        async def ask() -> frozenset[str]:
+            path = self.commit_path.format(repository=repository, sha=sha)
+            answer = await self._call("GET", path)
+            if answer.status_code != 200:
+                raise TransientError(
+                    f"{self.kind}: commit {sha[:12]} of {repository}: HTTP {answer.status_code}"
+                )
+            data = answer.json()
+            return frozenset(
+                str(user["login"])
+                for user in (data.get("author"), data.get("committer"))
+                if isinstance(user, dict) and user.get("login")
+            )
+
+        found: frozenset[str] = await self._cached(("commit", repository, sha), ask)
+        return found
+
     async def changed_files(self, repository: str, number: int) -> tuple[str, ...]:
         """The files of a pull request, page by page (GitHub lists at most 3,000)."""
         found: list[str] = []
@@ -129,6 +152,7 @@ class GiteaClient(GitHubClient):
     everything the runner uses but team membership and the token header."""
 
     kind = "gitea"
+    commit_path = "/repos/{repository}/git/commits/{sha}"  # Gitea's single commit, with users
 
     def __init__(self, api_url: str, token: str, *, cache_seconds: float = 60.0) -> None:
         super().__init__(api_url, token, cache_seconds=cache_seconds)

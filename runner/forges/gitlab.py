@@ -85,6 +85,11 @@ class GitLabClient(ApiClient):
         data = answer.json()
         return str(data["sha"]), str(data["author"]["username"])
 
+    async def head_accounts(self, repository: str, sha: str) -> frozenset[str]:
+        """GitLab's commit API names authors by e-mail, not by account: nothing to add here.
+        The pusher of a merge request's head comes from its signed `update` hooks instead."""
+        return frozenset()
+
     async def changed_files(self, repository: str, number: int) -> tuple[str, ...]:
         """The paths a merge request changes (`/diffs`, GitLab 15.7+), old and new names."""
         found: set[str] = set()

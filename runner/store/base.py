@@ -203,20 +203,54 @@ class Store(Protocol):
     ) -> list[Approval]:
         """Approvals, oldest first, filtered by status and/or run."""
 
-    async def add_decision(self, decision: Decision) -> Decision:
-        """Append a decision (id and time assigned). Decisions are never changed or deleted."""
+    async def add_decision(self, decision: Decision) -> Decision | None:
+        """Append a decision (id and time assigned) to a pending approval; None, with nothing
+        written, when the approval is no longer pending or the same forge comment
+        (`forge`, `comment_id`) decided it already. Decisions are never changed or deleted:
+        the database refuses it."""
 
     async def decisions(self, approval_id: int) -> list[Decision]:
         """Every decision on an approval, in order."""
 
     async def close_approval(self, approval_id: int, status: str) -> Approval | None:
-        """Move a pending approval to approved, rejected or expired; None if not pending."""
+        """Move a pending approval to approved or rejected, as its recorded decisions say (the
+        database refuses any other change); None if it is not pending."""
+
+    async def expire_approval(self, approval_id: int, decision: Decision) -> Approval | None:
+        """Record the timeout's `decision` (via `timeout`) and close a pending approval as
+        expired, in one transaction; None, with nothing written, if it is not pending."""
+
+    # -- comment commands and pull request heads -----------------------------------------------
+    async def claim_comment(
+        self,
+        forge: str,
+        comment_id: str,
+        *,
+        event_id: int | None,
+        repository: str,
+        number: int,
+        actor: str,
+    ) -> bool:
+        """Whether the comment's commands are this stored event's to act on: the first event
+        to carry a forge comment claims it, and only that event (processed again after a crash)
+        acts on it; any other delivery of the same comment, whatever its delivery id, gets
+        False."""
+
+    async def record_push(
+        self, forge: str, repository: str, number: int, sha: str, pusher: str
+    ) -> None:
+        """Remember that `pusher` brought pull request `number` to head `sha` (from the forge's
+        signed delivery), for the author ban."""
+
+    async def pushers(self, forge: str, repository: str, number: int, sha: str) -> set[str]:
+        """Who pushed head `sha` of the pull request, as recorded."""
 
     # -- retention ------------------------------------------------------------------------------
     async def prune(self, *, older_than: float, keep_last: int) -> int:
-        """Delete runs finished before `older_than` (with their steps, logs and approvals),
-        keeping the newest `keep_last` finished runs of each workflow, and events handled
-        before `older_than`. Returns the number of runs deleted."""
+        """Delete runs finished before `older_than` (with their steps, logs, approvals and
+        decisions), keeping the newest `keep_last` finished runs of each workflow, and events
+        handled before `older_than`. Returns the number of runs deleted. The only path that
+        removes anything of the audit trail, and only whole finished runs; it is logged."""
 
 
 def open_store(url: str, **options: Any) -> Store:

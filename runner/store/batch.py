@@ -10,7 +10,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from runner.store import rows
-from runner.store.sql import SqlStore, Tx
+from runner.store.sql import SqlStore
+from runner.store.tx import Tx
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,8 @@ from psycopg import errors as pg_errors
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from runner.errors import TransientError
-from runner.store.sql import SqlStore, Tx
+from runner.store.sql import SqlStore
+from runner.store.tx import Tx
 
 MIGRATION_LOCK = 0x72756E6E  # "runn": pg_advisory_xact_lock key for migrations
 _PLACEHOLDER = re.compile(r"\?")
@@ -68,6 +69,7 @@ def _redact(url: str) -> str:
 class PostgresStore(SqlStore):
     dialect = "postgresql"
     skip_locked = " FOR UPDATE SKIP LOCKED"
+    for_update = " FOR UPDATE"
 
     def __init__(
         self, url: str, *, pool_size: int = 10, connect_timeout: float = 10.0, **options: Any

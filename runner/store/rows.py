@@ -35,7 +35,8 @@ APPROVAL = (
     "decided_at"
 )
 DECISION = (
-    "id, approval_id, actor, decision, via, comment, url, sha, revision, inputs_digest, created_at"
+    "id, approval_id, actor, decision, via, comment, url, sha, revision, inputs_digest, created_at,"
+    " forge, comment_id"
 )
 
 
@@ -168,6 +169,8 @@ def decision(row: tuple[Any, ...]) -> Decision:
         revision=row[8],
         inputs_digest=row[9],
         created_at=row[10],
+        forge=row[11],
+        comment_id=row[12],
     )
 
 

@@ -17,14 +17,12 @@ import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from importlib import resources
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
 from runner.errors import TransientError
 from runner.model import (
     FINISHED,
     RUN_TRANSITIONS,
-    Approval,
-    Decision,
     Event,
     LogSlice,
     Run,
@@ -35,45 +33,12 @@ from runner.model import (
     StoredDocument,
 )
 from runner.store import rows
+from runner.store.audit import AuditQueries
 from runner.store.base import LOG_LIMIT, TRUNCATION_MARKER
+from runner.store.tx import Tx, where
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-
-
-class Tx(Protocol):
-    """One open transaction."""
-
-    async def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
-        """Run a statement; the number of rows it changed."""
-
-    async def one(self, sql: str, params: Sequence[Any] = ()) -> tuple[Any, ...] | None:
-        """The first row of a query, or None."""
-
-    async def all(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        """Every row of a query."""
-
-    async def many(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
-        """Run one statement for each of `rows` (batched by the driver)."""
-
-    async def script(self, sql: str) -> None:
-        """Run a migration file (several statements)."""
-
-
-def _where(*conditions: tuple[str, Any]) -> tuple[str, list[Any]]:
-    """A WHERE clause from (condition, value) pairs whose value is not None; a condition
-    ending in IN takes a list."""
-    clauses, params = ["1 = 1"], list[Any]()
-    for condition, value in conditions:
-        if value is None:
-            continue
-        if condition.endswith(" IN"):
-            clauses.append(f"{condition} ({', '.join('?' for _ in value)})")
-            params.extend(value)
-        else:
-            clauses.append(condition)
-            params.append(value)
-    return " AND ".join(clauses), params
 
 
 def _consume(task: asyncio.Future[Any]) -> None:
@@ -93,7 +58,7 @@ def migrations(dialect: str) -> list[tuple[int, str, str]]:
     return sorted(found)
 
 
-class SqlStore:
+class SqlStore(AuditQueries):
     """Implements `runner.store.base.Store` on top of a backend's transactions."""
 
     dialect = "sql"
@@ -561,7 +526,7 @@ class SqlStore:
         group: str | None = None,
         limit: int = 50,
     ) -> list[Run]:
-        where, params = _where(
+        clause, params = where(
             ("concurrency_group = ?", group),
             ("workflow = ?", workflow),
             ("status IN", list(status) if status else None),
@@ -569,7 +534,7 @@ class SqlStore:
             ("id < ?", before_id),
         )
         params.append(limit)
-        sql = f"SELECT {rows.RUN} FROM runs WHERE {where} ORDER BY id DESC LIMIT ?"
+        sql = f"SELECT {rows.RUN} FROM runs WHERE {clause} ORDER BY id DESC LIMIT ?"
 
         async def body(tx: Tx) -> list[Run]:
             return [rows.run(r) for r in await tx.all(sql, params)]
@@ -792,143 +757,3 @@ class SqlStore:
             )
 
         return await self._in_tx(body, write=False)
-
-    # -- approvals --------------------------------------------------------------------------------
-    async def create_approval(self, approval: Approval) -> Approval:
-        policy = {
-            "required": approval.policy.required,
-            "approvers": list(approval.policy.approvers),
-            "allow_author": approval.policy.allow_author,
-            "timeout": approval.policy.timeout,
-            "on_timeout": approval.policy.on_timeout,
-        }
-        values = (
-            approval.run_id,
-            approval.step_id,
-            rows.dumps(policy),
-            approval.sha,
-            approval.revision,
-            approval.inputs_digest,
-            approval.requested_at or self.clock(),
-            approval.deadline,
-        )
-
-        async def body(tx: Tx) -> Approval:
-            existing = await tx.one(
-                f"SELECT {rows.APPROVAL} FROM approvals WHERE run_id = ? AND step_id = ?"
-                " AND status = 'pending'",
-                (approval.run_id, approval.step_id),
-            )
-            if existing:
-                return rows.approval(existing)
-            row = await tx.one(
-                "INSERT INTO approvals (run_id, step_id, status, policy, sha, revision,"
-                " inputs_digest, requested_at, deadline) VALUES (?, ?, 'pending', ?, ?, ?, ?, ?, ?)"
-                f" RETURNING {rows.APPROVAL}",
-                values,
-            )
-            assert row is not None
-            return rows.approval(row)
-
-        return await self._in_tx(body)
-
-    async def get_approval(self, approval_id: int) -> Approval | None:
-        async def body(tx: Tx) -> Approval | None:
-            row = await tx.one(
-                f"SELECT {rows.APPROVAL} FROM approvals WHERE id = ?", (approval_id,)
-            )
-            return rows.approval(row) if row else None
-
-        return await self._in_tx(body, write=False, single=True)
-
-    async def list_approvals(
-        self, *, status: str | None = None, run_id: int | None = None
-    ) -> list[Approval]:
-        where, params = _where(("status = ?", status), ("run_id = ?", run_id))
-        sql = f"SELECT {rows.APPROVAL} FROM approvals WHERE {where} ORDER BY id"
-
-        async def body(tx: Tx) -> list[Approval]:
-            return [rows.approval(r) for r in await tx.all(sql, params)]
-
-        return await self._in_tx(body, write=False, single=True)
-
-    async def add_decision(self, decision: Decision) -> Decision:
-        values = (
-            decision.approval_id,
-            decision.actor,
-            decision.decision,
-            decision.via,
-            decision.comment,
-            decision.url,
-            decision.sha,
-            decision.revision,
-            decision.inputs_digest,
-            self.clock(),
-        )
-
-        async def body(tx: Tx) -> Decision:
-            row = await tx.one(
-                "INSERT INTO approval_decisions (approval_id, actor, decision, via, comment, url,"
-                " sha, revision, inputs_digest, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-                f" RETURNING {rows.DECISION}",
-                values,
-            )
-            assert row is not None
-            return rows.decision(row)
-
-        return await self._in_tx(body)
-
-    async def decisions(self, approval_id: int) -> list[Decision]:
-        async def body(tx: Tx) -> list[Decision]:
-            found = await tx.all(
-                f"SELECT {rows.DECISION} FROM approval_decisions WHERE approval_id = ? ORDER BY id",
-                (approval_id,),
-            )
-            return [rows.decision(r) for r in found]
-
-        return await self._in_tx(body, write=False, single=True)
-
-    async def close_approval(self, approval_id: int, status: str) -> Approval | None:
-        if status not in ("approved", "rejected", "expired"):
-            raise ValueError(f"an approval closes as approved, rejected or expired, not {status!r}")
-
-        async def body(tx: Tx) -> Approval | None:
-            row = await tx.one(
-                "UPDATE approvals SET status = ?, decided_at = ? WHERE id = ?"
-                f" AND status = 'pending' RETURNING {rows.APPROVAL}",
-                (status, self.clock(), approval_id),
-            )
-            return rows.approval(row) if row else None
-
-        return await self._in_tx(body)
-
-    # -- retention --------------------------------------------------------------------------------
-    async def prune(self, *, older_than: float, keep_last: int) -> int:
-        finished = ", ".join(f"'{s}'" for s in sorted(FINISHED))
-
-        async def body(tx: Tx) -> int:
-            found = await tx.all(
-                f"SELECT id FROM (SELECT id, finished_at, ROW_NUMBER() OVER"
-                f" (PARTITION BY workflow ORDER BY id DESC) AS newest FROM runs"
-                f" WHERE status IN ({finished})) ranked"
-                " WHERE newest > ? AND finished_at < ?",
-                (keep_last, older_than),
-            )
-            ids = [int(r[0]) for r in found]
-            for start in range(0, len(ids), 500):
-                batch = ids[start : start + 500]
-                marks = ", ".join("?" for _ in batch)
-                await tx.execute(
-                    "DELETE FROM approval_decisions WHERE approval_id IN"
-                    f" (SELECT id FROM approvals WHERE run_id IN ({marks}))",
-                    batch,
-                )
-                for table in ("approvals", "step_logs", "step_runs"):
-                    await tx.execute(f"DELETE FROM {table} WHERE run_id IN ({marks})", batch)
-                await tx.execute(f"DELETE FROM runs WHERE id IN ({marks})", batch)
-            await tx.execute(
-                "DELETE FROM events WHERE status <> 'pending' AND handled_at < ?", (older_than,)
-            )
-            return len(ids)
-
-        return await self._in_tx(body)

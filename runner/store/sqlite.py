@@ -18,7 +18,8 @@ from typing import Any
 import aiosqlite
 
 from runner.errors import TransientError, UsageError
-from runner.store.sql import SqlStore, Tx
+from runner.store.sql import SqlStore
+from runner.store.tx import Tx
 
 BUSY_TIMEOUT_MS = 10_000
 

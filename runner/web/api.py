@@ -18,7 +18,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from runner.approvals import Identity, NotAllowed, decide
+from runner.approvals import Channel, Identity, NotAllowed, decide
 from runner.dag import control
 from runner.errors import PermanentError
 from runner.model import RUN_TRANSITIONS, Bundle, RunRequest, RunStatus, Workflow
@@ -364,7 +364,7 @@ class Api:
                 approval_id,
                 who=Identity(name=who.name, teams=who.teams, can_write=True),
                 decision=verdict,
-                via="api",
+                channel=Channel(via="api"),
                 comment=comment,
             )
         except NotAllowed as exc:

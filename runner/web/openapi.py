@@ -58,8 +58,19 @@ SCHEMAS: dict[str, Any] = {
             "actor": STR,
             "decision": {"enum": ["approve", "reject"]},
             "via": {"enum": ["cli", "api", "comment", "timeout"]},
+            "forge": {
+                "type": ["string", "null"],
+                "description": "The configured forge a comment came through (via comment).",
+            },
+            "comment_id": {
+                "type": ["string", "null"],
+                "description": "The forge's id of the comment; it decides a gate once.",
+            },
             "comment": STR,
             "url": NSTR,
+            "sha": {"type": ["string", "null"], "description": "The commit approved."},
+            "revision": {"type": "string", "description": "The workflows revision."},
+            "inputs_digest": {"type": "string", "description": "Digest of the step's inputs."},
             "at": TIME,
         }
     ),

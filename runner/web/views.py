@@ -49,6 +49,23 @@ def step_view(step: StepRun) -> dict[str, Any]:
     }
 
 
+def decision_view(decision: Decision) -> dict[str, Any]:
+    """One entry of the audit trail: who decided, how (channel, forge, comment), and what they
+    were shown (commit, revision, inputs digest). `at` is added by the caller in its format."""
+    return {
+        "actor": decision.actor,
+        "decision": decision.decision,
+        "via": decision.via,
+        "forge": decision.forge,
+        "comment_id": decision.comment_id,
+        "comment": decision.comment,
+        "url": decision.url,
+        "sha": decision.sha,
+        "revision": decision.revision,
+        "inputs_digest": decision.inputs_digest,
+    }
+
+
 def approval_view(approval: Approval, decisions: list[Decision]) -> dict[str, Any]:
     policy = approval.policy
     return {
@@ -64,17 +81,7 @@ def approval_view(approval: Approval, decisions: list[Decision]) -> dict[str, An
         "requested_at": when(approval.requested_at),
         "deadline": when(approval.deadline),
         "decided_at": when(approval.decided_at),
-        "decisions": [
-            {
-                "actor": d.actor,
-                "decision": d.decision,
-                "via": d.via,
-                "comment": d.comment,
-                "url": d.url,
-                "at": when(d.created_at),
-            }
-            for d in decisions
-        ],
+        "decisions": [decision_view(d) | {"at": when(d.created_at)} for d in decisions],
     }
 
 

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from runner.approvals import Identity, NotAllowed, decide, expire_due
+from runner.approvals import Channel, Identity, NotAllowed, decide, expire_due
 from runner.dag import control
 from runner.dag.engine import EngineOptions
 from tests.dag.conftest import Harness
@@ -95,7 +95,13 @@ async def test_retried_gate_needs_a_fresh_approval(harness: Harness) -> None:
     harness.write("gated", GATED.replace("required: 2", "required: 1"))
     fresh = await harness.go((await harness.start("gated", key="second")).id)
     (gate,) = await harness.store.list_approvals(run_id=fresh.id)
-    await decide(harness.store, gate.id, who=Identity(name="alice"), decision="reject", via="cli")
+    await decide(
+        harness.store,
+        gate.id,
+        who=Identity(name="alice"),
+        decision="reject",
+        channel=Channel(via="cli"),
+    )
     assert (await harness.go(fresh.id)).status == "rejected"
     await control.retry(harness.store, fresh.id)
     again = await harness.go(fresh.id)
@@ -118,7 +124,7 @@ async def test_approval_timeout_applies_on_timeout(harness: Harness) -> None:
             gate.id,
             who=Identity(name="alice", can_write=True),
             decision="reject",
-            via="cli",
+            channel=Channel(via="cli"),
             now=gate.requested_at + 5,
         )
     assert [g.status for g in await harness.store.list_approvals(run_id=run.id)] == ["expired"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from runner.approvals import Identity, NotAllowed, decide
+from runner.approvals import Channel, Identity, NotAllowed, decide
 from tests.dag.conftest import Harness
 
 pytestmark = pytest.mark.anyio
@@ -149,23 +149,41 @@ async def test_gate_waits_and_needs_distinct_allowed_approvers(harness: Harness)
     assert run.lease_owner is None
     assert await harness.statuses(run.id) == {"scan": "succeeded", "patch": "waiting_approval"}
     (gate,) = await harness.store.list_approvals(status="pending")
-    with pytest.raises(NotAllowed, match="bob started this run"):
+    with pytest.raises(NotAllowed, match="bob is an author of this change"):
         await decide(
-            harness.store, gate.id, who=Identity(name="bob"), decision="approve", via="cli"
+            harness.store,
+            gate.id,
+            who=Identity(name="bob"),
+            decision="approve",
+            channel=Channel(via="cli"),
         )
     with pytest.raises(NotAllowed, match="mallory is not among the approvers"):
         await decide(
-            harness.store, gate.id, who=Identity(name="mallory"), decision="approve", via="cli"
+            harness.store,
+            gate.id,
+            who=Identity(name="mallory"),
+            decision="approve",
+            channel=Channel(via="cli"),
         )
     first = await decide(
-        harness.store, gate.id, who=Identity(name="alice"), decision="approve", via="cli"
+        harness.store,
+        gate.id,
+        who=Identity(name="alice"),
+        decision="approve",
+        channel=Channel(via="cli"),
     )
     again = await decide(
-        harness.store, gate.id, who=Identity(name="alice"), decision="approve", via="cli"
+        harness.store,
+        gate.id,
+        who=Identity(name="alice"),
+        decision="approve",
+        channel=Channel(via="cli"),
     )
     assert (first.status, again.status, again.approvals) == ("pending", "pending", 1)
     member = Identity(name="carol", teams=frozenset({"acme/sec"}))
-    done = await decide(harness.store, gate.id, who=member, decision="approve", via="api")
+    done = await decide(
+        harness.store, gate.id, who=member, decision="approve", channel=Channel(via="api")
+    )
     assert done.status == "approved"
     run = await harness.go(run.id)
     assert run.status == "succeeded"
@@ -187,7 +205,13 @@ async def test_rejection_ends_the_run_rejected(harness: Harness) -> None:
     harness.write("gated", GATED)
     run = await harness.go((await harness.start("gated")).id)
     (gate,) = await harness.store.list_approvals(status="pending")
-    await decide(harness.store, gate.id, who=Identity(name="alice"), decision="reject", via="cli")
+    await decide(
+        harness.store,
+        gate.id,
+        who=Identity(name="alice"),
+        decision="reject",
+        channel=Channel(via="cli"),
+    )
     run = await harness.go(run.id)
     assert run.status == "rejected"
     statuses = await harness.statuses(run.id)
