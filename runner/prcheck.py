@@ -26,6 +26,15 @@ from runner.source.git import GitSourceConfig, _callbacks, _in_daemon_thread
 from runner.source.gittree import document_ids, subtree, tree_files
 from runner.spec.compile import compile_files
 from runner.spec.plan import Plan, make_plan
+from runner.spec.plan_text import (
+    GRANTS_TITLE,
+    NARROWINGS_TITLE,
+    NOTHING_GRANTED,
+    agent_file_line,
+    grant_lines,
+    markdown_code,
+    narrowing_lines,
+)
 from runner.spec.repo import builtin_agents
 from runner.store.base import Store
 
@@ -68,6 +77,7 @@ def verdict_comment(verdict: Verdict, limit: int = 50) -> str:
     lines = [head + "**valid**. Merging it would apply:", ""]
     changes = [c for c in plan.changes if c.action != "unchanged"]
     lines += [f"- {c.kind} `{c.name}`: {c.action}" for c in changes] or ["- no workflow changes"]
+    lines += _reach_sections(plan)
     schedules = [s for s in plan.schedules if s.action != "unchanged" or s.next_fires]
     if schedules:
         lines += ["", "Schedules:"]
@@ -84,6 +94,26 @@ def verdict_comment(verdict: Verdict, limit: int = 50) -> str:
             who = ", ".join(g.policy.approvers) or "anyone with write access"
             lines.append(f"- `{g.workflow}` step `{g.step}`: {g.policy.required} from {who}")
     return "\n".join(lines)
+
+
+def _reach_sections(plan: Plan) -> list[str]:
+    """The agent files changed, then what merging grants: a heading of its own, so that a new
+    secret or a dropped gate is not one more "changed" line among many."""
+    lines = []
+    if plan.agents_changed:
+        lines += ["", "Agents changed:"]
+        lines += [f"- {agent_file_line(a, markdown_code)}" for a in plan.agents_changed]
+    granted = grant_lines(plan, markdown_code)
+    if granted:
+        lines += ["", f"### ⚠️ {GRANTS_TITLE}", ""]
+        lines += [f"- {line}" for line in granted]
+    else:
+        lines += ["", f"**{GRANTS_TITLE}**: {NOTHING_GRANTED}."]
+    narrowed = narrowing_lines(plan, markdown_code)
+    if narrowed:
+        lines += ["", f"{NARROWINGS_TITLE}:"]
+        lines += [f"- {line}" for line in narrowed]
+    return lines
 
 
 class PullRequestCheck:

@@ -59,7 +59,8 @@ def step_text(step: StepReach, code: Code) -> str:
         head = f"step {ref} now runs it (was {code(step.was)})"
     else:
         head = f"step {ref}"
-    details = [f"secret {code(s)}" for s in step.secrets]
+    named = ", ".join(code(s) for s in step.secrets)
+    details = [f"secret{'s' if len(step.secrets) > 1 else ''} {named}"] if step.secrets else []
     details += ["network access"] if step.network else []
     details += ["no longer waits for approval"] if step.ungated else []
     return f"{head}: {', '.join(details)}"

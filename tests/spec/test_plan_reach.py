@@ -293,6 +293,8 @@ def test_wording_of_grants_and_narrowings() -> None:
     assert step_text(switched, str) == (
         "step w/s now runs it (was a): network access, no longer waits for approval"
     )
+    two = StepReach(workflow="w", step="s", was=None, secrets=("A", "B"))
+    assert step_text(two, markdown_code) == "new step `w/s` runs it: secrets `A`, `B`"
 
 
 @pytest.mark.parametrize(
