@@ -23,7 +23,18 @@ from runner.errors import SpecError, TransientError, UsageError
 from runner.model import Bundle
 from runner.settings import Settings, load_settings
 from runner.spec.compile import compile_files
-from runner.spec.plan import Plan, make_plan
+from runner.spec.plan import AgentChange, Plan, Reach, StepReach, make_plan
+from runner.spec.plan_text import (
+    GRANTS_TITLE,
+    NARROWINGS_TITLE,
+    NOTHING_GRANTED,
+    agent_file_line,
+    grant_lines,
+    narrowing_lines,
+    printable,
+    reach_text,
+    step_text,
+)
 from runner.spec.repo import builtin_agents, load_paths
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -89,6 +100,39 @@ def _duration_text(seconds: float | None) -> str:
     return f"{seconds:g}s"
 
 
+def _reach_json(agent: AgentChange, reach: Reach) -> dict[str, Any]:
+    return {
+        "agent": agent.name,
+        "file": agent.file or None,
+        "kind": reach.kind,
+        "old": reach.old,
+        "new": reach.new,
+        "text": reach_text(reach, printable),
+    }
+
+
+def _step_json(agent: AgentChange, step: StepReach) -> dict[str, Any]:
+    return {
+        "agent": agent.name,
+        "file": agent.file or None,
+        "kind": "step",
+        "workflow": step.workflow,
+        "step": step.step,
+        "was": step.was,
+        "secrets": list(step.secrets),
+        "network": step.network,
+        "ungated": step.ungated,
+        "text": step_text(step, printable),
+    }
+
+
+def _grants_json(agent: AgentChange) -> list[dict[str, Any]]:
+    """An agent's widenings, in the order the text sections list them."""
+    return [_reach_json(agent, r) for r in agent.widened] + [
+        _step_json(agent, s) for s in agent.steps
+    ]
+
+
 def _plan_json(plan: Plan, against: str | None) -> dict[str, Any]:
     return {
         "against": against,
@@ -115,6 +159,12 @@ def _plan_json(plan: Plan, against: str | None) -> dict[str, Any]:
             }
             for g in plan.gates
         ],
+        "agents_changed": [
+            {"name": a.name, "file": a.file, "action": a.action} for a in plan.agents_changed
+        ],
+        # Empty exactly when the change grants nothing new: scripts can gate on its length.
+        "grants": [entry for a in plan.grants for entry in _grants_json(a)],
+        "narrowings": [_reach_json(a, r) for a in plan.narrowings for r in a.narrowed],
     }
 
 
@@ -129,6 +179,7 @@ def _print_plan(plan: Plan, path: str, against: str | None, console: Console) ->
         console.print(f"  {_MARKS[c.action]} {c.kind} {c.name} ({c.action})", highlight=False)
     if not visible:
         console.print("  no workflow or agent changes", highlight=False)
+    _print_reach(plan, console)
     if plan.schedules:
         console.print("Schedules:", highlight=False)
     for s in plan.schedules:
@@ -164,6 +215,28 @@ def _print_plan(plan: Plan, path: str, against: str | None, console: Console) ->
     )
 
 
+def _print_reach(plan: Plan, console: Console) -> None:
+    """The same sections as the PR comment: agent files, what the change grants, and apart
+    from it, what it takes away."""
+    if plan.agents_changed:
+        console.print("Agents changed:", highlight=False)
+    for a in plan.agents_changed:
+        line = escape(agent_file_line(a, printable))
+        console.print(f"  {_MARKS[a.action]} {line}", highlight=False, soft_wrap=True)
+    granted = grant_lines(plan, printable)
+    if not granted:
+        console.print(f"{GRANTS_TITLE}: {NOTHING_GRANTED}", highlight=False, soft_wrap=True)
+    else:
+        console.print(f"[bold yellow]{GRANTS_TITLE}:[/bold yellow]", highlight=False)
+    for line in granted:
+        console.print(f"  [yellow]![/yellow] {escape(line)}", highlight=False, soft_wrap=True)
+    narrowed = narrowing_lines(plan, printable)
+    if narrowed:
+        console.print(f"{NARROWINGS_TITLE}:", highlight=False)
+    for line in narrowed:
+        console.print(f"    {escape(line)}", highlight=False, soft_wrap=True)
+
+
 @cli.command()
 @click.argument("path", type=click.Path(exists=True, file_okay=False))
 @click.option("--against", metavar="REV", help="Git revision to compare with (default: nothing).")
@@ -174,6 +247,11 @@ def plan(path: str, against: str | None, output: str) -> None:
 
     Without --against, the plan is a first apply; with it, relative to the same folder at REV of
     the enclosing git repository (e.g. HEAD or origin/main).
+
+    Besides workflows, agents, schedules and approval gates, it shows what the change grants:
+    every agent that asks for a new secret, gains network access or no longer waits for
+    approval, and every step that reaches further through its agent. In --output json these
+    are "agents_changed", "grants" (empty when nothing widens) and "narrowings".
     """
     result = load_paths([path])
     if result.errors:

@@ -26,6 +26,15 @@ from runner.source.git import GitSourceConfig, _callbacks, _in_daemon_thread
 from runner.source.gittree import document_ids, subtree, tree_files
 from runner.spec.compile import compile_files
 from runner.spec.plan import Plan, make_plan
+from runner.spec.plan_text import (
+    GRANTS_TITLE,
+    NARROWINGS_TITLE,
+    NOTHING_GRANTED,
+    agent_file_line,
+    grant_lines,
+    markdown_code,
+    narrowing_lines,
+)
 from runner.spec.repo import builtin_agents
 from runner.store.base import Store
 
@@ -68,6 +77,7 @@ def verdict_comment(verdict: Verdict, limit: int = 50) -> str:
     lines = [head + "**valid**. Merging it would apply:", ""]
     changes = [c for c in plan.changes if c.action != "unchanged"]
     lines += [f"- {c.kind} `{c.name}`: {c.action}" for c in changes] or ["- no workflow changes"]
+    lines += _reach_sections(plan, limit)
     schedules = [s for s in plan.schedules if s.action != "unchanged" or s.next_fires]
     if schedules:
         lines += ["", "Schedules:"]
@@ -84,6 +94,33 @@ def verdict_comment(verdict: Verdict, limit: int = 50) -> str:
             who = ", ".join(g.policy.approvers) or "anyone with write access"
             lines.append(f"- `{g.workflow}` step `{g.step}`: {g.policy.required} from {who}")
     return "\n".join(lines)
+
+
+def _capped(lines: list[str], limit: int) -> list[str]:
+    # A comment over the forge's size limit is not posted at all, which would hide everything;
+    # the count stays visible and `runner plan` prints the rest.
+    out = [f"- {line}" for line in lines[:limit]]
+    if len(lines) > limit:
+        out.append(f"- … and {len(lines) - limit} more (`runner plan --against` lists all)")
+    return out
+
+
+def _reach_sections(plan: Plan, limit: int) -> list[str]:
+    """The agent files changed, then what merging grants: a heading of its own, so that a new
+    secret or a dropped gate is not one more "changed" line among many."""
+    lines = []
+    if plan.agents_changed:
+        lines += ["", "Agents changed:"]
+        lines += _capped([agent_file_line(a, markdown_code) for a in plan.agents_changed], limit)
+    granted = grant_lines(plan, markdown_code)
+    if granted:
+        lines += ["", f"### ⚠️ {GRANTS_TITLE}", "", *_capped(granted, limit)]
+    else:
+        lines += ["", f"**{GRANTS_TITLE}**: {NOTHING_GRANTED}."]
+    narrowed = narrowing_lines(plan, markdown_code)
+    if narrowed:
+        lines += ["", f"{NARROWINGS_TITLE}:", *_capped(narrowed, limit)]
+    return lines
 
 
 class PullRequestCheck:

@@ -147,6 +147,87 @@ def test_plan_against_a_git_revision(repo: Path) -> None:
     assert schedules == {("30 4 * * 1-5", "added"), ("0 3 * * *", "removed")}
     added = next(s for s in plan["schedules"] if s["action"] == "added")
     assert len(added["next_fires"]) == 3
+    assert plan["agents_changed"] == plan["grants"] == plan["narrowings"] == []
+
+
+DEPLOYER = """\
+apiVersion: runner/v1
+kind: Agent
+metadata: {name: deployer}
+spec:
+  command: [python, main.py]
+  network: true
+  secrets: [DEPLOY_TOKEN]
+"""
+
+
+def test_plan_shows_agent_files_and_what_the_change_grants(repo: Path) -> None:
+    unchanged = runner("plan", "ops", "--against", "HEAD", cwd=repo)
+    assert unchanged.returncode == 0, unchanged.stderr
+    assert (
+        "What this merge grants: nothing widens: no new secret, network access or step "
+        "without approval" in unchanged.stdout.splitlines()
+    )
+
+    ops = repo / "ops"
+    (ops / "agents" / "deployer").mkdir()
+    (ops / "agents" / "deployer" / "agent.yaml").write_text(DEPLOYER)
+    spdx = ops / "agents" / "spdx-headers" / "agent.yaml"
+    gated = "  timeout: 2m\n  network: true\n  risk: approval_required"  # wider and narrower
+    spdx.write_text(spdx.read_text().replace("  timeout: 2m", gated))
+    deploy = ops / "workflows" / "deploy-check.yaml"
+    deploy.write_text(
+        deploy.read_text().replace(
+            "    - id: notify",
+            "    - id: ship\n      agent: deployer\n      needs: [gate]\n    - id: notify",
+        )
+    )
+    text = runner("plan", "ops", "--against", "HEAD", cwd=repo)
+    assert text.returncode == 0, text.stderr
+    lines = text.stdout.splitlines()
+    section = lines[lines.index("Agents changed:") : lines.index("Schedules:")]
+    assert section == [
+        "Agents changed:",
+        "  + ops/agents/deployer/agent.yaml: agent deployer added",
+        "  ~ ops/agents/spdx-headers/agent.yaml: agent spdx-headers changed",
+        "What this merge grants:",
+        "  ! agent deployer (ops/agents/deployer/agent.yaml): asks for secret DEPLOY_TOKEN (new)",
+        "  ! agent deployer (ops/agents/deployer/agent.yaml): network access: on (new agent)",
+        "  ! agent deployer (ops/agents/deployer/agent.yaml): risk: auto (new agent; its steps "
+        "run without waiting for approval)",
+        "  ! agent deployer (ops/agents/deployer/agent.yaml): new step deploy-check/ship runs "
+        "it: secret DEPLOY_TOKEN, network access",
+        "  ! agent spdx-headers (ops/agents/spdx-headers/agent.yaml): network access: off → on",
+        "Reach reduced:",
+        "    agent spdx-headers (ops/agents/spdx-headers/agent.yaml): risk: auto → "
+        "approval_required (its steps now wait for approval)",
+    ]
+
+    done = runner("plan", "ops", "--against", "HEAD", "--output", "json", cwd=repo)
+    assert done.returncode == 0, done.stderr
+    plan = json.loads(done.stdout)
+    assert plan["agents_changed"] == [
+        {"name": "deployer", "file": "ops/agents/deployer/agent.yaml", "action": "added"},
+        {"name": "spdx-headers", "file": "ops/agents/spdx-headers/agent.yaml", "action": "changed"},
+    ]
+    grants = [
+        (g["agent"], g["kind"], g["old"], g["new"]) for g in plan["grants"] if g["kind"] != "step"
+    ]
+    assert grants == [
+        ("deployer", "secret", None, "DEPLOY_TOKEN"),
+        ("deployer", "network", None, "on"),
+        ("deployer", "risk", None, "auto"),
+        ("spdx-headers", "network", "off", "on"),
+    ]
+    (step,) = [g for g in plan["grants"] if g["kind"] == "step"]
+    assert (step["workflow"], step["step"], step["was"]) == ("deploy-check", "ship", None)
+    assert (step["secrets"], step["network"], step["ungated"]) == (["DEPLOY_TOKEN"], True, False)
+    (narrowing,) = plan["narrowings"]
+    assert (narrowing["agent"], narrowing["kind"], narrowing["new"]) == (
+        "spdx-headers",
+        "risk",
+        "approval_required",
+    )
 
 
 def test_plan_against_unknown_revision_is_a_usage_error(repo: Path) -> None:

@@ -6,17 +6,19 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
 from runner.dispatch import Dispatcher
 from runner.forges.github import GitHubClient, GitHubReporting
-from runner.model import Event
-from runner.prcheck import MARKER, PullRequestCheck
+from runner.model import Agent, Bundle, Event
+from runner.prcheck import MARKER, PullRequestCheck, Verdict, verdict_comment
 from runner.revisions import BundleLoader
 from runner.source.git import GitSource, GitSourceConfig
 from runner.source.reconciler import Reconciler
+from runner.spec.plan import make_plan
 from runner.spec.repo import builtin_agents
 from runner.store.base import Store
 from tests.fake_github import FakeGitHub, fake_github
@@ -164,3 +166,24 @@ async def test_pr_heads_are_validated_and_planned_on_the_pr(
         assert len(github.statuses) == before
     finally:
         await client.close()
+
+
+def test_long_grant_lists_are_capped_with_a_count() -> None:
+    # Sixty new agents with a secret each: the comment stays postable and says how many more.
+    agents = {
+        f"a{i:02}": Agent(
+            name=f"a{i:02}",
+            command=("true",),
+            directory=f"agents/a{i:02}",
+            source=f"agents/a{i:02}/agent.yaml",
+            digest=str(i),
+            risk="approval_required",
+            secrets=("TOKEN",),
+        )
+        for i in range(60)
+    }
+    plan = make_plan(Bundle(agents=agents), Bundle(), now=datetime.now(UTC))
+    text = verdict_comment(Verdict(source="main", sha="0" * 40, errors=(), plan=plan), limit=50)
+    granted = text.split("### ⚠️ What this merge grants\n\n", 1)[1].splitlines()
+    assert granted[49] == "- agent `a49` (`agents/a49/agent.yaml`): asks for secret `TOKEN` (new)"
+    assert granted[50] == "- … and 10 more (`runner plan --against` lists all)"
