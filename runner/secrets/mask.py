@@ -32,10 +32,17 @@ def forms(value: str) -> Iterator[str]:
             yield from (form for form in _encodings(part) if len(form) >= MIN_LENGTH)
 
 
-def _encodings(value: str) -> Iterator[str]:
+def _utf8(text: str) -> bytes:
     # Environment values may hold undecodable bytes (os.environ's surrogateescape): encode them
-    # back to the bytes the agent sees, not fail.
-    raw = value.encode("utf-8", "surrogateescape")
+    # back to the bytes the agent sees; any other lone surrogate as itself, never failing.
+    try:
+        return text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "surrogatepass")
+
+
+def _encodings(value: str) -> Iterator[str]:
+    raw = _utf8(value)
     yield value
     yield json.dumps(value)[1:-1]
     yield json.dumps(value, ensure_ascii=False)[1:-1]
@@ -69,7 +76,7 @@ def all_forms(values: Iterable[str]) -> list[str]:
 
 def _byte_forms(values: Iterable[str]) -> list[bytes]:
     # Sorted again, as bytes: a form with non-ASCII characters is longer in UTF-8.
-    found = {form.encode("utf-8", "surrogateescape") for form in all_forms(values)}
+    found = {_utf8(form) for form in all_forms(values)}
     return sorted(found, key=lambda form: (-len(form), form))
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import random
 from collections.abc import Callable
 from urllib.parse import quote, quote_plus
@@ -144,3 +145,11 @@ def test_any_chunking_gives_what_masking_the_whole_stream_gives() -> None:
 
 def test_the_executors_still_import_it_from_their_base() -> None:
     assert ReExported is Masker
+
+
+def test_a_value_with_bytes_that_are_not_utf8_is_masked_as_those_bytes() -> None:
+    secret = os.fsdecode(b"\xffraw-\xfe-bytes")  # how os.environ holds such a value
+    masker = Masker({"S": secret})
+    assert masker.mask(b"[\xffraw-\xfe-bytes]") == b"[***]"
+    assert masker.mask(b"[" + b"\xffraw-\xfe-bytes".hex().encode() + b"]") == b"[***]"
+    assert masked("[\ud800lone-surrogate]", "\ud800lone-surrogate") == "[***]"
