@@ -13,7 +13,7 @@ from __future__ import annotations
 import base64
 import json
 import re
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 from urllib.parse import quote, quote_plus
 
@@ -58,11 +58,11 @@ def _encodings(value: str) -> Iterator[str]:
         yield from _base64_alignments(raw, encode)
 
 
-def _base64_alignments(raw: bytes, encode: Any) -> Iterator[str]:
+def _base64_alignments(raw: bytes, encode: Callable[[bytes], bytes]) -> Iterator[str]:
     """The base64 characters that depend only on `raw`'s bits, for `raw` starting at each of the
     three byte offsets of a 3-byte group inside a longer encoded stream (`user:` + password)."""
     for offset in range(3):
-        encoded: str = encode(b"\0" * offset + raw).decode()
+        encoded = encode(b"\0" * offset + raw).decode()
         first = -(-8 * offset // 6)  # the first character with no bit of the filler bytes
         last = 8 * (offset + len(raw)) // 6  # past the last character with no bit of what follows
         yield encoded[first:last]
