@@ -1,7 +1,8 @@
 """Logs of the service: readable console lines or JSON (one event per line), chosen by the
 `logging` settings. Records carry the ids of what they are about (run, step, delivery, source)
-from a context the engine, the receivers and the dispatcher set, and every known secret value
-is masked before a record is written."""
+from a context the engine, the receivers and the dispatcher set, and every form of every known
+secret value (literal, base64, hex, URL and JSON escapes, lines: `runner.secrets.mask`) is masked
+before a record is written."""
 
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ from types import MappingProxyType
 from typing import Any
 
 from pythonjsonlogger.json import JsonFormatter
+
+from runner.secrets.mask import mask_text, text_pattern
 
 CONTEXT: ContextVar[Mapping[str, Any]] = ContextVar(
     "runner_log_context", default=MappingProxyType({})
@@ -45,15 +48,13 @@ class _Masked(logging.Formatter):
     def __init__(self, inner: logging.Formatter, secrets: Iterable[str]) -> None:
         super().__init__()
         self.inner = inner
-        self.secrets = sorted({s for s in secrets if len(s) >= 6}, key=len, reverse=True)
+        self.pattern = text_pattern(secrets)  # every form (base64, hex, escapes), as in step logs
 
     def _mask(self, text: str) -> str:
-        for secret in self.secrets:
-            text = text.replace(secret, "***")
-        return text
+        return mask_text(text, self.pattern)
 
     def format(self, record: logging.LogRecord) -> str:
-        if self.secrets:  # before encoding (JSON escapes a secret's quotes or non-ASCII)...
+        if self.pattern:  # before encoding (JSON escapes a secret's quotes or non-ASCII)...
             record = logging.makeLogRecord(record.__dict__)
             record.msg, record.args = self._mask(record.getMessage()), None
             if record.exc_info:

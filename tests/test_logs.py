@@ -3,6 +3,7 @@ about, and no secret in them."""
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import os
@@ -11,6 +12,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import quote
 
 import httpx
 import pytest
@@ -74,6 +76,22 @@ def test_json_lines_mask_secrets_the_encoder_would_escape(
     assert event["message"] == "login with *** and ***"
     assert "word-1" not in out
     assert "secr" not in out
+
+
+def test_service_logs_mask_encoded_forms_of_every_known_secret(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    secret = "wh4t"  # 4 characters: the shortest value a secret may have
+    encoded = base64.b64encode(f"user:{secret}".encode()).decode()  # a Basic auth header
+    url_secret = "p@ss/w0rd"
+    logs.configure(format="json", level="info", secrets=[secret, url_secret, "abc"])
+    log = logging.getLogger("runner.x")
+    log.warning("auth %s hex %s url %s", encoded, secret.encode().hex(), quote(url_secret, safe=""))
+    log.warning("abc is too short to be masked")
+    out = capsys.readouterr().err
+    first, second = (json.loads(line)["message"] for line in out.splitlines())
+    assert first == "auth dXNlcjp*** hex *** url ***"
+    assert second == "abc is too short to be masked"
 
 
 def test_logging_settings_from_file_and_environment(tmp_path: Path) -> None:

@@ -16,6 +16,8 @@ from typing import Any, Protocol
 
 from runner.errors import TransientError, UsageError
 from runner.model import Agent
+from runner.secrets.mask import Masker as Masker  # re-exported: the executors mask with it
+from runner.secrets.mask import mask_value
 from runner.spec.schema import compile_schema, translate
 
 LogSink = Callable[[bytes], Awaitable[None]]
@@ -73,52 +75,6 @@ class Executor(Protocol):
 
     async def health(self) -> Health:
         """Whether steps can run now, and how (for readiness and the circuit breaker)."""
-
-
-class Masker:
-    """Replaces secret values in a byte stream, also when a value spans two chunks."""
-
-    REPLACEMENT = b"***"
-
-    def __init__(self, secrets: Mapping[str, str]) -> None:
-        self.values = sorted(
-            {v.encode() for v in secrets.values() if len(v) >= 4}, key=len, reverse=True
-        )
-        self.keep = max((len(v) for v in self.values), default=1) - 1
-        self.pending = b""
-
-    def mask(self, data: bytes) -> bytes:
-        for value in self.values:
-            data = data.replace(value, self.REPLACEMENT)
-        return data
-
-    def feed(self, chunk: bytes) -> bytes:
-        """Masked bytes that are safe to emit; a tail that could start a secret is held back."""
-        if not self.values:
-            return chunk
-        data = self.mask(self.pending + chunk)
-        if self.keep == 0:
-            self.pending = b""
-            return data
-        self.pending = data[-self.keep :]
-        return data[: -self.keep]
-
-    def flush(self) -> bytes:
-        data, self.pending = self.mask(self.pending), b""
-        return data
-
-
-def mask_value(value: Any, secrets: Mapping[str, str]) -> Any:
-    """`value` (JSON) with secret values replaced in every string."""
-    if isinstance(value, str):
-        for secret in sorted((s for s in secrets.values() if len(s) >= 4), key=len, reverse=True):
-            value = value.replace(secret, "***")
-        return value
-    if isinstance(value, dict):
-        return {k: mask_value(v, secrets) for k, v in value.items()}
-    if isinstance(value, list):
-        return [mask_value(v, secrets) for v in value]
-    return value
 
 
 def open_executor(kind: str, **options: Any) -> Executor:
