@@ -66,14 +66,28 @@ def cli() -> None:
 
 @cli.command()
 @click.argument("paths", nargs=-1, required=True)
+@click.option(
+    "--config",
+    "config_path",
+    metavar="FILE",
+    help="Also check against this runner configuration, as its reconciler would: secrets "
+    "agents ask for must be granted (secrets:), network allowed (executor.allow_network), "
+    "images allowed (executor.images).",
+)
 @output_option
 @_usage_errors
-def validate(paths: tuple[str, ...], output: str) -> None:
+def validate(paths: tuple[str, ...], config_path: str | None, output: str) -> None:
     """Validate workflow and agent files, or workflows repo directories.
 
     Every error is printed as path:line:col: message [JSON pointer]. Exit 1 when there is any.
     """
-    result = load_paths(paths)
+    if config_path is None:
+        result = load_paths(paths)
+    else:
+        from runner.services import agent_policy, image_policy
+
+        settings = load_settings(config_path)
+        result = load_paths(paths, images=image_policy(settings), policy=agent_policy(settings))
     if output == "json":
         click.echo(json.dumps([e.as_dict() for e in result.errors], indent=2))
     else:
@@ -370,4 +384,8 @@ def main() -> None:
     )
     cli_runs.register(cli)
     cli_serve.register(cli)
-    cli(prog_name="runner")
+    try:
+        cli(prog_name="runner")
+    except UsageError as exc:  # a command's configuration is wrong: say where, no traceback
+        Console(stderr=True).print(f"Error: {escape(str(exc))}", highlight=False, soft_wrap=True)
+        sys.exit(2)

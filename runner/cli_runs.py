@@ -24,7 +24,7 @@ from runner.cli_common import config_option, output_option, when
 from runner.errors import PermanentError, UsageError
 from runner.model import Approval, Run, RunRequest, RunStatus, Workflow
 from runner.revisions import content_revision, local_source
-from runner.services import Runtime, runtime
+from runner.services import Runtime, agent_policy, image_policy, runtime
 from runner.settings import load_settings
 from runner.spec.compile import compile_files
 from runner.spec.inputs import InputsInvalid, resolve_inputs
@@ -162,7 +162,12 @@ def run(
         raise click.UsageError(str(exc)) from None
     root = Path(repo) if repo else _default_repo(settings.sources)
     files = repo_files(root, "")
-    compiled = compile_files(files, builtins=builtin_agents())
+    compiled = compile_files(
+        files,
+        builtins=builtin_agents(),
+        images=image_policy(settings),
+        policy=agent_policy(settings),
+    )
     console = Console()
     if compiled.errors:
         for error in compiled.errors:

@@ -16,7 +16,7 @@ from runner import logs, tracing
 from runner.cli_common import config_option, output_option, when
 from runner.errors import PermanentError, TransientError, UsageError
 from runner.model import SourceStatus
-from runner.services import build_sources, image_policy, runtime, serve
+from runner.services import agent_policy, build_sources, image_policy, runtime, serve
 from runner.settings import Settings, known_secrets, load_settings
 from runner.source.reconciler import Reconciler
 
@@ -82,7 +82,12 @@ async def _reconcile(settings: Settings) -> bool:
     async with runtime(settings) as rt:
         for source in sources:
             try:
-                reconciler = Reconciler(rt.store, source, images=image_policy(settings))
+                reconciler = Reconciler(
+                    rt.store,
+                    source,
+                    images=image_policy(settings),
+                    policy=agent_policy(settings),
+                )
                 result = await reconciler.reconcile()
             except (TransientError, PermanentError) as exc:
                 click.echo(f"{source.name}: fetch failed: {exc}")

@@ -22,6 +22,7 @@ from runner.forges.api import ForgeReporting
 from runner.forges.events import ForgeEvent
 from runner.model import Bundle
 from runner.revisions import BundleLoader
+from runner.secrets.grants import AgentPolicy
 from runner.source.git import GitSourceConfig, _callbacks, _in_daemon_thread
 from runner.source.gittree import document_ids, subtree, tree_files
 from runner.spec.compile import compile_files
@@ -137,8 +138,10 @@ class PullRequestCheck:
         *,
         deadline: float = 60.0,
         images: ImagePolicy | None = None,
+        policy: AgentPolicy | None = None,
     ) -> None:
         self.images = images
+        self.policy = policy
         self.store = store
         self.loader = loader
         self.sources = dict(sources)
@@ -221,7 +224,9 @@ class PullRequestCheck:
             return None  # the PR changes no workflow or agent file
         prefix = "" if config.path in ("", ".") else config.path.strip("/") + "/"
         files = tree_files(repo, head_tree, prefix) if head_tree is not None else []
-        result = compile_files(files, builtins=builtin_agents(), images=self.images)
+        result = compile_files(
+            files, builtins=builtin_agents(), images=self.images, policy=self.policy
+        )
         return list(result.errors), str(head_commit.id), result.bundle
 
     async def _report(self, event: ForgeEvent, verdict: Verdict) -> None:

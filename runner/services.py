@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import socket
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -32,7 +33,9 @@ from runner.prcheck import PullRequestCheck
 from runner.reporting import Reporter
 from runner.revisions import BundleLoader
 from runner.scheduler import Scheduler
-from runner.settings import Settings, secret_values
+from runner.secrets.grants import AgentPolicy
+from runner.secrets.store import SecretStore
+from runner.settings import Settings, known_secrets, secret_values
 from runner.source.git import GitSource, GitSourceConfig
 from runner.source.local import DirectorySource
 from runner.source.reconciler import Reconciler, Source
@@ -47,6 +50,8 @@ from runner.web.auth import load_tokens
 from runner.web.hooks import Hooks, Receiver
 from runner.worker import WorkerPool
 from runner.workspace import Workspaces
+
+log = logging.getLogger(__name__)
 
 
 def node_name() -> str:
@@ -92,7 +97,9 @@ async def runtime(
                 keep_failed=settings.executor.keep_failed_workspaces,
             ),
             EngineOptions(
-                node=node, max_parallel=settings.executor.max_parallel, secrets=dict(os.environ)
+                node=node,
+                max_parallel=settings.executor.max_parallel,
+                secrets=secret_store(settings),
             ),
             listener=listener,
             reporter=reporter,
@@ -113,6 +120,21 @@ def image_policy(settings: Settings) -> ImagePolicy:
     return ImagePolicy.of(
         images.get("allowed_registries", ()), bool(images.get("require_digest", False))
     )
+
+
+def agent_policy(settings: Settings) -> AgentPolicy:
+    """Which secrets and network a revision's repo-local agents may ask for (`secrets`,
+    `executor.allow_network`)."""
+    return AgentPolicy(
+        grants=settings.secrets,
+        network=frozenset(settings.executor.allow_network),
+        config=settings.path or "runner.yaml",
+    )
+
+
+def secret_store(settings: Settings) -> SecretStore:
+    """The granted secrets' values, never one of the runner's own credentials."""
+    return SecretStore(agent_policy(settings), known_secrets(settings))
 
 
 def build_executor(settings: Settings) -> CircuitBreaker:
@@ -234,6 +256,8 @@ async def serve(settings: Settings, *, role: str, stop: asyncio.Event, grace: fl
 
     clients, reporting = forge_clients(settings)
     reporter = Reporter(reporting)
+    for problem in secret_store(settings).check():  # steps that need it fail, saying the same
+        log.warning("granted secret unusable: %s", problem)
     kinds = {str(f["name"]): str(f["kind"]) for f in settings.forges}
     async with runtime(settings, roots=roots, reporter=reporter) as rt:
         scheduler = Scheduler(rt.store.request_run)
@@ -244,7 +268,13 @@ async def serve(settings: Settings, *, role: str, stop: asyncio.Event, grace: fl
             workers.nudge()
 
         reconcilers = [
-            Reconciler(rt.store, source, sync=sync, images=image_policy(settings))
+            Reconciler(
+                rt.store,
+                source,
+                sync=sync,
+                images=image_policy(settings),
+                policy=agent_policy(settings),
+            )
             for source in sources
         ]
         by_source = {r.source.name: r for r in reconcilers}
@@ -268,6 +298,7 @@ async def serve(settings: Settings, *, role: str, stop: asyncio.Event, grace: fl
                 reporting,
                 kinds,
                 images=image_policy(settings),
+                policy=agent_policy(settings),
             ),
         )
 

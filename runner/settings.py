@@ -20,6 +20,7 @@ from typing import Any
 import jsonschema_rs
 
 from runner.errors import SpecError, UsageError
+from runner.secrets.grants import Grant
 from runner.spec.schema import translate
 from runner.spec.yaml import Document, load_bytes, pointer_of
 
@@ -52,6 +53,7 @@ class ExecutorSettings:
     dagger: Mapping[str, Any] = field(default_factory=dict)
     images: Mapping[str, Any] = field(default_factory=dict)
     breaker: Mapping[str, Any] = field(default_factory=dict)
+    allow_network: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -75,6 +77,7 @@ class Settings:
     api: Mapping[str, Any] = field(default_factory=dict)
     rate_limits: Mapping[str, Any] = field(default_factory=dict)
     trusted_proxies: tuple[str, ...] = ()
+    secrets: tuple[Grant, ...] = ()
     data_dir: str = ".runner"
     path: str | None = None
 
@@ -112,6 +115,101 @@ def known_secrets(settings: Settings) -> list[str]:
         for key in ("token_env", "password_env"):
             found += secret_values(creds.get(key), None)
     return found
+
+
+# Variables the runner itself reads, besides those the configuration names: never an agent's.
+_OWN_VARIABLES = ("PGPASSWORD", "PGPASSFILE", "PGSERVICEFILE", "PGSSLKEY")
+# Names of the agent protocol's own variables, and a prefix the runner keeps for itself.
+_PROTOCOL_PREFIX = "RUNNER_"
+
+
+def _own_credentials(data: Mapping[str, Any], file: Path | None) -> tuple[dict[str, str], set[str]]:
+    """The runner's own credentials as the configuration names them: {variable: what it is}
+    and the resolved paths of files holding them (and of the configuration and database)."""
+    variables: dict[str, str] = {v: "a PostgreSQL credential" for v in _OWN_VARIABLES}
+    files: set[str] = set()
+
+    def add(entry: Mapping[str, Any], where: str) -> None:
+        for key, value in entry.items():
+            if not isinstance(value, str):
+                continue
+            if key.endswith("_env"):
+                variables[value] = f"{where}.{key}"
+            elif key.endswith("_file"):
+                files.add(str(Path(value).resolve()))
+
+    for i, forge in enumerate(data.get("forges") or ()):
+        add(forge, f"forges[{i}]")
+    for i, token in enumerate((data.get("api") or {}).get("tokens") or ()):
+        add(token, f"api.tokens[{i}]")
+    for i, source in enumerate(data.get("sources") or ()):
+        add(source.get("credentials") or {}, f"sources[{i}].credentials")
+    add({k: v for k, v in data.items() if k == "generic_webhook_secret_env"}, "the configuration")
+    if file is not None:
+        files.add(str(file.resolve()))
+    url = str((data.get("database") or {}).get("url", DatabaseSettings.url))
+    if url.startswith("sqlite:///"):
+        database = Path(url.removeprefix("sqlite:///")).resolve()
+        files |= {str(database), f"{database}-wal", f"{database}-shm"}
+    return variables, files
+
+
+def _grants(
+    data: Mapping[str, Any], document: Document | None, file: Path | None
+) -> tuple[tuple[Grant, ...], list[SpecError]]:
+    """The `secrets` entries as grants, or every entry that names one of the runner's own
+    credentials (or gives no value, or both kinds of value) as an error at its line."""
+    entries = data.get("secrets") or []
+    if not entries or document is None:
+        return (), []
+    variables, files = _own_credentials(data, file)
+    name = file.name if file is not None else DEFAULT_FILE
+    grants, errors = [], []
+    for i, entry in enumerate(entries):
+        here: list[str | int] = ["secrets", i]
+        problems: list[tuple[list[str | int], str]] = []
+        if ("env" in entry) == ("file" in entry):
+            problems.append((here, "say where the value is: env: VARIABLE or file: PATH, one"))
+        env, path = entry.get("env"), entry.get("file")
+        if isinstance(env, str) and (env in variables or env.startswith(_PROTOCOL_PREFIX)):
+            what = variables.get(env, "a setting of the runner itself")
+            problems.append(
+                (
+                    [*here, "env"],
+                    f"{env} holds the runner's own credential ({what}), which is never granted"
+                    " to agents: give the agent a credential of its own, in another variable",
+                )
+            )
+        if isinstance(path, str) and str(Path(path).resolve()) in files:
+            problems.append(
+                (
+                    [*here, "file"],
+                    f"{path} holds the runner's own credentials or state, which are never granted"
+                    " to agents: give the agent a credential of its own, in another file",
+                )
+            )
+        if str(entry.get("name", "")).startswith(_PROTOCOL_PREFIX):
+            problems.append(
+                (
+                    [*here, "name"],
+                    f"names starting with {_PROTOCOL_PREFIX} are the runner's own (agents get"
+                    " RUNNER_INPUT, RUNNER_OUTPUT, ...): pick another name",
+                )
+            )
+        errors += [document.error(parts, message) for parts, message in problems]
+        line = document.position(here)[0]
+        agents, workflows = entry.get("agents"), entry.get("workflows")
+        grants.append(
+            Grant(
+                name=str(entry["name"]),
+                env=env,
+                file=path,
+                agents=frozenset(agents) if agents is not None else None,
+                workflows=frozenset(workflows) if workflows is not None else None,
+                where=f"{name}:{line} (secrets[{i}])",
+            )
+        )
+    return tuple(grants), errors
 
 
 @cache
@@ -205,10 +303,15 @@ def load_settings(path: str | None = None, env: Mapping[str, str] | None = None)
             errors.append(SpecError(path="<settings>", line=1, column=1, message=message))
     if errors:
         raise ConfigInvalid(errors)
+    grants, errors = _grants(data, document, file)
+    if errors:
+        raise ConfigInvalid(errors)
+    executor = dict(data.get("executor", {}))
+    executor["allow_network"] = tuple(executor.get("allow_network", ()))
     return Settings(
         database=DatabaseSettings(**data.get("database", {})),
         listen=ListenSettings(**data.get("listen", {})),
-        executor=ExecutorSettings(**data.get("executor", {})),
+        executor=ExecutorSettings(**executor),
         logging=LoggingSettings(**data.get("logging", {})),
         sources=tuple(data.get("sources", ())),
         forges=tuple(data.get("forges", ())),
@@ -216,6 +319,7 @@ def load_settings(path: str | None = None, env: Mapping[str, str] | None = None)
         api=data.get("api", {}),
         rate_limits=data.get("rate_limits", {}),
         trusted_proxies=tuple(data.get("trusted_proxies", ())),
+        secrets=grants,
         data_dir=data.get("data_dir", ".runner"),
         path=str(file) if file else None,
     )

@@ -871,6 +871,7 @@ SAMPLES = {
     "rate_limits.triggers": "7/minute",
     "rate_limits.reads": "7/minute",
     "rate_limits.allow": "10.9.0.0/16",
+    "executor.allow_network": "deployer",
 }
 
 

@@ -1,7 +1,7 @@
 """patcher: applies ruff's automatic fixes on a new branch, committed with pygit2.
 
 Outputs the branch, the commit, the files changed and the patch. Pushes the branch to the
-workspace's `origin` only when `push` is true and credentials are given ($RUNNER_GIT_TOKEN).
+workspace's `origin` only when `push` is true and credentials are given ($GIT_PUSH_TOKEN).
 Findings that no tool can fix (a committed secret) are listed as left for a person.
 """
 
@@ -98,18 +98,14 @@ def main() -> None:
         repo.branches.local.create(branch, repo[commit])
         patch = repo.diff(head, repo[commit]).patch or ""
         print(f"committed {commit} on {branch}: {', '.join(changed)}")
-        token = os.environ.get("RUNNER_GIT_TOKEN")
+        token = os.environ.get("GIT_PUSH_TOKEN")
         if inputs.get("push") and token:
             print(push(repo, branch, token))
             pushed = True
         else:
             print(
                 "not pushed: "
-                + (
-                    "push is false"
-                    if not inputs.get("push")
-                    else "no credentials (RUNNER_GIT_TOKEN)"
-                )
+                + ("push is false" if not inputs.get("push") else "no credentials (GIT_PUSH_TOKEN)")
             )
             pushed = False
         result = {

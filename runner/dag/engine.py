@@ -16,7 +16,7 @@ import logging
 import random
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 from runner import logs, metrics, tracing
@@ -36,6 +36,7 @@ from runner.model import (
 )
 from runner.reporting import Reporter
 from runner.revisions import BundleLoader
+from runner.secrets.store import Granted, SecretStore
 from runner.spec.expr import EvaluationError, evaluate, render
 from runner.store.base import Store
 from runner.workspace import Workspaces, WorkspaceUnavailable
@@ -51,8 +52,8 @@ class EngineOptions:
     lease: float = 60.0
     max_parallel: int = 4
     default_timeout: float = 600.0
-    # where agents' declared secrets are looked up by name (the runner's environment)
-    secrets: Mapping[str, str] = field(default_factory=dict)
+    # the granted secrets (none without one): what each agent gets, and what every log masks
+    secrets: SecretStore | None = None
 
 
 def inputs_digest(inputs: Mapping[str, Any]) -> str:
@@ -426,9 +427,32 @@ class _Execution:
         with tracing.span(f"step {step.id}", step=step.id, agent=step.agent):
             await self._attempts(step)
 
+    async def _granted(self, step: Step, agent: Agent) -> tuple[Granted, tuple[str, ...]] | None:
+        """The secrets the step's agent is granted here, and the values every log masks; None
+        (the step failed, saying why) when the configuration no longer allows what the agent
+        asks for (it changed since the agent's revision was applied)."""
+        store = self.engine.options.secrets
+        if store is None:
+            return Granted(), ()
+        granted = store.for_step(agent, self.workflow.name)
+        network = store.network_problem(agent)
+        for note in granted.notes:
+            await self._log(step.id, f"[runner] {note}\n")
+        problems = [*granted.problems, *([network] if network else [])]
+        if problems:
+            error = "; ".join(problems)
+            await self._log(step.id, f"[runner] not started: {error}\n")
+            await self._set(step, "failed", error=error, finished_at=self.engine.clock())
+            return None
+        return granted, tuple(store.masked())
+
     async def _attempts(self, step: Step) -> None:
         go = self.go.pop(step.id)
         agent = self._agent(step)
+        allowed = await self._granted(step, agent)
+        if allowed is None:
+            return
+        granted, masked = allowed
         record = self.records.get(step.id)
         attempt = record.attempt if record else 0
         if record is not None and record.started_at and record.finished_at is None:
@@ -454,11 +478,8 @@ class _Execution:
                 inputs=go.inputs,
                 workspace=self.workspace,
                 timeout=step.timeout or agent.timeout or self.engine.options.default_timeout,
-                secrets={
-                    name: self.engine.options.secrets[name]
-                    for name in agent.secrets
-                    if name in self.engine.options.secrets
-                },
+                secrets=granted.values,
+                masked=masked,
                 env={"RUNNER_TRIGGER": json.dumps(dict(self.run.trigger))},
             )
             async with self.engine.slots:

@@ -40,6 +40,15 @@ class StepSpec:
     timeout: float
     secrets: Mapping[str, str] = field(default_factory=dict)
     env: Mapping[str, str] = field(default_factory=dict)
+    # values kept out of the log and outputs besides `secrets`: the runner's own credentials and
+    # secrets granted to other agents, which this agent should never hold but might find
+    masked: tuple[str, ...] = ()
+
+    @property
+    def masking(self) -> dict[str, str]:
+        """Every value to mask in this step's log and outputs, by a name (for `Masker`)."""
+        extra = {f"_masked_{i}": value for i, value in enumerate(self.masked)}
+        return {**extra, **self.secrets}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -111,7 +120,7 @@ def read_outputs(text: str, step: StepSpec) -> tuple[Mapping[str, Any] | None, s
         return None, f"the agent's output is not JSON: {exc}"
     if not isinstance(outputs, dict):
         return None, "the agent's output must be a JSON object"
-    outputs = mask_value(outputs, step.secrets)
+    outputs = mask_value(outputs, step.masking)
     schema = step.agent.outputs
     if schema:
         problems = translate(_validator(json.dumps(schema, sort_keys=True)), dict(schema), outputs)

@@ -362,7 +362,7 @@ class DaggerExecutor:
     # -- one step -----------------------------------------------------------------------------
     async def run_step(self, step: StepSpec, log: LogSink) -> StepResult:
         started = time.monotonic()
-        masker = Masker(step.secrets)
+        masker = Masker(step.masking)
         image = step.agent.image or self.default_image
         problems = image_problems(image, self.policy)
         if problems:

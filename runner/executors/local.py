@@ -168,7 +168,7 @@ class LocalExecutor:
 
     async def run_step(self, step: StepSpec, log: LogSink) -> StepResult:
         started = time.monotonic()
-        masker = Masker(step.secrets)
+        masker = Masker(step.masking)
         with tempfile.TemporaryDirectory(prefix="runner-step-") as tmp:
             io = self._prepare(Path(tmp), step)
             if self.bwrap is None:

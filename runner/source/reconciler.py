@@ -25,6 +25,7 @@ from runner.errors import PermanentError, TransientError
 from runner.executors.images import ImagePolicy
 from runner.model import Bundle, Condition, SourceStatus
 from runner.revisions import BundleLoader
+from runner.secrets.grants import AgentPolicy
 from runner.spec.compile import Compiler, Result, SourceFile
 from runner.spec.repo import builtin_agents
 from runner.store.base import Store
@@ -89,8 +90,10 @@ class Reconciler:
         fetch_deadline: float = 60.0,
         clock: Callable[[], float] = time.time,
         images: ImagePolicy | None = None,
+        policy: AgentPolicy | None = None,
     ) -> None:
         self.images = images
+        self.policy = policy
         self.store = store
         self.source = source
         self.sync = sync
@@ -239,7 +242,11 @@ class Reconciler:
     async def _compile(self, revision: str) -> Result:
         """The whole outcome of `revision`, compiling only what changed since the kept one."""
         kept = self.compiled
-        compiler = kept.compiler if kept is not None else Compiler(builtin_agents(), self.images)
+        compiler = (
+            kept.compiler
+            if kept is not None
+            else Compiler(builtin_agents(), self.images, self.policy)
+        )
         changes: Changes | None = None
         if kept is not None:
             same = kept.revision == revision

@@ -33,6 +33,7 @@ from runner.model import (
     Trigger,
     Workflow,
 )
+from runner.secrets.grants import AgentPolicy
 from runner.spec import expr as cel
 from runner.spec.schema import check_schema, compile_schema, translate, validate_document
 from runner.spec.timing import check_cron, parse_duration, zone
@@ -109,7 +110,11 @@ def _strings(value: Any) -> list[tuple[list[str | int], str]]:
 
 
 def _agent(
-    doc: Document, role: Role, agent_dir: str | None, images: ImagePolicy | None = None
+    doc: Document,
+    role: Role,
+    agent_dir: str | None,
+    images: ImagePolicy | None = None,
+    policy: AgentPolicy | None = None,
 ) -> tuple[Agent | None, list[SpecError]]:
     data, errors = doc.data, []
     spec = _get(data, "spec")
@@ -167,6 +172,15 @@ def _agent(
     )
     if isinstance(spec.get("image"), str):  # a valid reference, from an allowed registry
         errors += [doc.error(["spec", "image"], p) for p in image_problems(spec["image"], images)]
+    if policy is not None:  # what this repo-local agent asks for, the configuration must grant
+        requested = spec.get("secrets")
+        for i, secret in enumerate(requested if isinstance(requested, list) else []):
+            problem = policy.request_problem(name, secret) if isinstance(secret, str) else None
+            if problem:
+                errors.append(doc.error(["spec", "secrets", i], problem))
+        problem = policy.network_problem(name) if agent.network else None
+        if problem:
+            errors.append(doc.error(["spec", "network"], problem))
     return agent, errors
 
 
@@ -179,7 +193,9 @@ class _WorkflowChecker:
         agents: Mapping[str, Agent],
         broken_agents: frozenset[str],
         validators: dict[str, Any],
+        policy: AgentPolicy | None = None,
     ) -> None:
+        self.policy = policy
         self.doc = doc
         self.agents = agents
         self.broken_agents = broken_agents
@@ -342,6 +358,8 @@ class _WorkflowChecker:
                     or "; an agent is built in or lives in agents/<name>/agent.yaml"
                 ),
             )
+        if agent is not None and not agent.builtin and self.policy is not None:
+            self._grants([*here, "agent"], agent, self.policy)
         with_ = step.get("with")
         if isinstance(with_, dict):
             self._with([*here, "with"], with_, agent, sid=sid, upstream=upstream)
@@ -350,6 +368,16 @@ class _WorkflowChecker:
             self._approval([*here, "approval"], approval)
         if _duration(step.get("timeout")) == 0:
             self.error([*here, "timeout"], "a timeout must be longer than 0s")
+
+    def _grants(self, parts: list[str | int], agent: Agent, policy: AgentPolicy) -> None:
+        """A repo-local agent's secrets granted only in some workflows: this one must be one."""
+        workflow = _get(self.doc.data, "metadata", "name")
+        if not isinstance(workflow, str):
+            return
+        for secret in agent.secrets:
+            problem = policy.step_problem(agent.name, workflow, secret)
+            if problem:
+                self.error(parts, f"step runs agent {agent.name!r}: {problem}")
 
     def _with(
         self,
@@ -562,9 +590,15 @@ class Compiler:
     written as its changes against the revision applied last (`delta`).
     """
 
-    def __init__(self, builtins: Mapping[str, Agent], images: ImagePolicy | None = None) -> None:
+    def __init__(
+        self,
+        builtins: Mapping[str, Agent],
+        images: ImagePolicy | None = None,
+        policy: AgentPolicy | None = None,
+    ) -> None:
         self._builtins = builtins
         self._images = images
+        self._policy = policy
         self._files: dict[Any, _File] = {}
         self._defs: dict[Key, list[_Doc]] = {}
         self._agents: dict[str, Agent] = dict(builtins)
@@ -757,7 +791,7 @@ class Compiler:
     def _check_agent(self, d: _Doc, before: dict[str, tuple[Agent | None, bool]]) -> None:
         if self._clash(d):
             return
-        agent, problems = _agent(d.doc, d.role, d.agent_dir, self._images)
+        agent, problems = _agent(d.doc, d.role, d.agent_dir, self._images, self._policy)
         if problems:
             self._errors[d] = problems
         if d.name is None:
@@ -777,7 +811,9 @@ class Compiler:
         errors = []
         if d.role == "agent":
             errors.append(d.doc.error(["kind"], "a Workflow belongs under workflows/"))
-        errors += _WorkflowChecker(d.doc, self._agents, broken, self._validators).run()
+        errors += _WorkflowChecker(
+            d.doc, self._agents, broken, self._validators, self._policy
+        ).run()
         if errors:
             self._errors[d] = errors
         elif not d.failed:
@@ -803,12 +839,14 @@ def compile_files(
     *,
     builtins: Mapping[str, Agent],
     images: ImagePolicy | None = None,
+    policy: AgentPolicy | None = None,
 ) -> Result:
     """Validate and compile a set of files; the bundle holds what compiled, `errors` the rest.
-    `images` says which agent images are allowed (any valid reference without it).
+    `images` says which agent images are allowed (any valid reference without it); `policy`
+    which secrets and network repo-local agents may ask for (anything without it).
 
     Of two documents with one name, the one earlier in `files` defines it."""
-    compiler = Compiler(builtins, images)
+    compiler = Compiler(builtins, images, policy)
     compiler._change([(i, i, f) for i, f in enumerate(files)], [])
     return compiler.result()
 

@@ -15,7 +15,9 @@ from importlib import resources
 from pathlib import Path
 
 from runner.errors import SpecInvalid, UsageError
+from runner.executors.images import ImagePolicy
 from runner.model import Agent
+from runner.secrets.grants import AgentPolicy
 from runner.spec.compile import Result, SourceFile, compile_files
 
 YAML_SUFFIXES = (".yaml", ".yml")
@@ -101,8 +103,14 @@ def _agent_files(repo: Path, display: str) -> list[SourceFile]:
     return [f for f in repo_files(repo, display) if f.role == "agent"]
 
 
-def load_paths(paths: Iterable[str]) -> Result:
-    """Validate workflows repo directories and/or single files, as `runner validate` does.
+def load_paths(
+    paths: Iterable[str],
+    *,
+    images: ImagePolicy | None = None,
+    policy: AgentPolicy | None = None,
+) -> Result:
+    """Validate workflows repo directories and/or single files, as `runner validate` does
+    (against a configuration's image and agent policies, when given).
 
     A single file inside a repo's workflows/ folder is checked against that repo's agents too.
     """
@@ -126,4 +134,4 @@ def load_paths(paths: Iterable[str]) -> Result:
     named = {Path(f.path).resolve() for f in files}
     for repo, display in repos.items():
         files += [f for f in _agent_files(repo, display) if Path(f.path).resolve() not in named]
-    return compile_files(files, builtins=builtin_agents())
+    return compile_files(files, builtins=builtin_agents(), images=images, policy=policy)

@@ -126,7 +126,7 @@ async def test_patcher_commits_fixes_on_a_branch_and_pushes_with_credentials(
         "patcher",
         {"branch": "fix/lint", "push": True},
         sample,
-        secrets={"RUNNER_GIT_TOKEN": "token-for-tests"},
+        secrets={"GIT_PUSH_TOKEN": "token-for-tests"},
         sandbox=False,  # the bare remote lives outside the workspace, read-only in a sandbox
     )
     assert result.ok, log

@@ -109,7 +109,7 @@ async def harness(tmp_path: Path) -> AsyncIterator[Harness]:
         LocalExecutor(sandbox=False),
         BundleLoader(store.revision_documents, builtin_agents()),
         Workspaces(tmp_path / "workspaces"),
-        EngineOptions(node="test-node", max_parallel=4, secrets={}),
+        EngineOptions(node="test-node", max_parallel=4),
         listener=lambda run, step, status: events.append((run, step, status)),
     )
     try:

@@ -31,7 +31,7 @@ async def main(db: str, repo: Path, mode: str) -> None:
         LocalExecutor(sandbox=False),
         BundleLoader(store.revision_documents, builtin_agents()),
         Workspaces(Path(db).parent / "workspaces"),
-        EngineOptions(node=f"node-{mode}", lease=LEASE, secrets={}),
+        EngineOptions(node=f"node-{mode}", lease=LEASE),
     )
     try:
         if mode == "start":

@@ -28,7 +28,7 @@ spec:
 
 
 def fast(harness: Harness) -> None:
-    harness.engine.options = EngineOptions(node="test-node", lease=1.5, secrets={})
+    harness.engine.options = EngineOptions(node="test-node", lease=1.5)
 
 
 async def test_cancel_stops_running_steps(harness: Harness) -> None:

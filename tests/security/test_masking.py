@@ -87,15 +87,11 @@ spec:
 
 
 def granted(tmp: Path, secrets: dict[str, str], agent: str) -> dict[str, str]:
-    """Write the runner's configuration and return the environment of its commands.
-
-    The one place a secret is granted to `agent`. Today an agent receives every variable it
-    declares from the runner's environment, so setting the variables is the grant. Once granted
-    secrets land, the grant is added here: `secrets: [{name: N, env: N, agents: [agent]}]` for
-    each name in runner.yaml."""
-    del agent  # named in the runner.yaml grant once granted secrets land
+    """Write the runner's configuration, granting each of `secrets` to `agent` (from a variable
+    of the same name), and return the environment of its commands."""
+    grants = "".join(f"  - {{name: {n}, env: {n}, agents: [{agent}]}}\n" for n in secrets)
     (tmp / "runner.yaml").write_text(
-        f"database: {{url: 'sqlite:///{tmp}/runner.db'}}\ndata_dir: {tmp}/data\n"
+        f"database: {{url: 'sqlite:///{tmp}/runner.db'}}\ndata_dir: {tmp}/data\nsecrets:\n{grants}"
     )
     env = {k: v for k, v in os.environ.items() if not k.startswith("RUNNER_")}
     return env | {"RUNNER_CONFIG": str(tmp / "runner.yaml"), "RUNNER_USER": "dev"} | secrets
