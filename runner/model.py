@@ -36,6 +36,7 @@ class Agent:
     timeout: float | None = None
     memory: str | None = None
     cpu: str | None = None
+    pids: int | None = None
     network: bool = False
     secrets: tuple[str, ...] = ()
 

@@ -424,6 +424,10 @@ class DaggerExecutor:
             )
         if step.agent.cpu:
             notes.append(f"resources.cpu ({step.agent.cpu}) is not enforced by the Dagger executor")
+        if step.agent.pids:  # no pids limit in Dagger's API; `ulimit -u` would not bind root
+            notes.append(
+                f"resources.pids ({step.agent.pids}) is not enforced by the Dagger executor"
+            )
         return notes
 
     def _environment(self, step: StepSpec) -> dict[str, str]:

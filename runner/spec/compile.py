@@ -167,6 +167,7 @@ def _agent(
         timeout=timeout,
         memory=str(resources["memory"]) if "memory" in resources else None,
         cpu=str(resources["cpu"]) if "cpu" in resources else None,
+        pids=resources["pids"] if isinstance(resources.get("pids"), int) else None,
         network=spec.get("network") is True,
         secrets=tuple(s for s in spec.get("secrets") or () if isinstance(s, str)),
     )

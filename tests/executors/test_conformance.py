@@ -256,3 +256,37 @@ async def test_no_network_unless_declared(
     else:  # no isolation without a sandbox, and the step log says so
         assert closed.outputs == {"answer": 1}
         assert "running unsandboxed" in log
+
+
+FORKS = """
+import json, os, time
+children = []
+for _ in range(60):
+    try:
+        pid = os.fork()
+    except BlockingIOError:
+        break
+    if pid == 0:
+        time.sleep(30)
+        os._exit(0)
+    children.append(pid)
+for pid in children:
+    os.kill(pid, 9)
+    os.waitpid(pid, 0)
+print("started", len(children))
+json.dump({"answer": len(children)}, open(os.environ["RUNNER_OUTPUT"], "w"))
+"""
+
+
+async def test_process_count_is_limited(
+    executor: Executor, tmp_path: Path, workspace: Path
+) -> None:
+    result, log = await run(executor, agent(tmp_path, FORKS, pids=20), workspace)
+    assert result.ok, log
+    assert result.outputs is not None
+    if isinstance(executor, LocalExecutor) and not executor.pids.why_not:
+        assert 0 < result.outputs["answer"] < 20
+    elif isinstance(executor, LocalExecutor):  # no mechanism here, and the step log says so
+        assert "resources.pids is not enforced" in log
+    else:  # Dagger's API has no pids limit; the step log says so
+        assert "resources.pids (20) is not enforced by the Dagger executor" in log
