@@ -190,7 +190,10 @@ def attack(base: Path) -> tuple[dict[str, Any], dict[str, Any], str]:
     (other_run / "secret.txt").write_text("another run's files\n")
     (home / ".ssh").mkdir(parents=True)
     (home / ".ssh" / "id_ed25519").write_text("-----BEGIN OPENSSH PRIVATE KEY-----\n")
-    (site / "runner.yaml").write_text(f"data_dir: {data}\n# the runner's configuration\n")
+    (site / "runner.yaml").write_text(
+        f"data_dir: {data}\nexecutor: {{allow_network: [networker]}}\n"
+        "# the runner's configuration\n"
+    )
     env = {k: v for k, v in os.environ.items() if not k.startswith("RUNNER_")}
     env["HOME"] = str(home)
 
