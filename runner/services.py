@@ -367,9 +367,16 @@ async def serve(settings: Settings, *, role: str, stop: asyncio.Event, grace: fl
                 host=settings.listen.host,
                 port=settings.listen.port,
                 log_level="warning",
+                log_config=None,  # through the runner's handler: its format, secrets masked
+                access_log=settings.logging.access,
                 lifespan="off",
+                # the app reads X-Forwarded-For from trusted_proxies only (web/app.py); uvicorn's
+                # own default would believe any client on 127.0.0.1
+                proxy_headers=False,
             )
         )
+        if settings.logging.access:
+            logging.getLogger("uvicorn.access").setLevel(logging.INFO)
         async with asyncio.TaskGroup() as group:
             if role in ("all", "worker"):
                 scheduler.start()

@@ -60,6 +60,7 @@ class ExecutorSettings:
 class LoggingSettings:
     format: str = "console"
     level: str = "info"
+    access: bool = False
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -1,6 +1,12 @@
 """The HTTP service: health and readiness, webhook receivers, the REST API and its description,
 Prometheus metrics, and the web UI (`ui.html`: one page that uses the API with a token the user
-pastes); rate limits in front of all of it."""
+pastes); rate limits in front of all of it.
+
+The client address is the peer's. Only when the peer is in `trusted_proxies` (empty by default)
+is `X-Forwarded-For` read, by uvicorn's proxy-headers middleware, the right-most address that is
+not itself a trusted proxy becoming the client; the server's own proxy-header handling is off
+(`services.py`), so without trusted proxies nobody chooses their address. `Forwarded` (RFC 7239)
+is never read."""
 
 from __future__ import annotations
 
@@ -15,6 +21,7 @@ from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from runner import metrics
 from runner.web.api import Api
@@ -100,8 +107,10 @@ def create_app(
         Middleware(
             RateLimits,
             config=dict(rate_limits or {}),
-            trusted_proxies=trusted_proxies,
             on_limited=lambda kind: metrics.RATE_LIMITED.labels(kind).inc(),
         )
     ]
+    proxies = list(trusted_proxies)
+    if proxies:  # first: everything after it (limits, allowlist, access log) sees the client
+        middleware.insert(0, Middleware(ProxyHeadersMiddleware, trusted_hosts=proxies))
     return Starlette(routes=routes, middleware=middleware, exception_handlers=HANDLERS)

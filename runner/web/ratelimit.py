@@ -7,11 +7,11 @@ the webhook path's CPU; the bucket itself is a few lines of arithmetic.)
 
 Classes: `webhooks` (/hooks/*), `triggers` (POST /api/workflows/{name}/runs), `writes` (any
 other non-GET /api/*), `reads` (GET /api/*, /openapi.json). Health, readiness and metrics are
-never limited. The client is the peer address; `X-Forwarded-For` is believed only when the peer
-is a configured trusted proxy, and then the client is the right-most address not itself a
-trusted proxy. Networks in `allow` bypass the limits. A refused request gets 429 with
-`Retry-After` and `RateLimit-Limit`/`-Remaining`/`-Reset`; an allowed one gets the `RateLimit-*`
-headers too.
+never limited. The client is the connection's client address as the app sees it: the peer,
+or, behind a configured trusted proxy, the address uvicorn's proxy-headers middleware (in front
+of this one, see `app.py`) took from `X-Forwarded-For`. Networks in `allow` bypass the limits.
+A refused request gets 429 with `Retry-After` and `RateLimit-Limit`/`-Remaining`/`-Reset`;
+an allowed one gets the `RateLimit-*` headers too.
 """
 
 from __future__ import annotations
@@ -112,7 +112,6 @@ class RateLimits:
         app: ASGIApp,
         *,
         config: Mapping[str, Any],
-        trusted_proxies: Iterable[str] = (),
         on_limited: Callable[[str], None] = lambda name: None,
     ) -> None:
         self.app = app
@@ -120,12 +119,12 @@ class RateLimits:
             name: Buckets(str(config.get(name, default))) for name, default in DEFAULTS.items()
         }
         self.allow = _networks(config.get("allow", ()))
-        self.trusted = _networks(trusted_proxies)
         self.on_limited = on_limited
 
-    def client(self, scope: Scope) -> str:
+    @staticmethod
+    def client(scope: Scope) -> str:
         """The client's address (an IPv4 client seen through a dual-stack socket as itself)."""
-        address = self._address(scope)
+        address = str(scope["client"][0]) if scope.get("client") else ""
         ip = _address(address)
         if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
             return str(ip.ipv4_mapped)
@@ -139,21 +138,6 @@ class RateLimits:
         if isinstance(ip, ipaddress.IPv6Address) and ip.is_global:
             return str(ipaddress.ip_network(f"{ip}/64", strict=False))
         return client
-
-    def _address(self, scope: Scope) -> str:
-        peer = scope["client"][0] if scope.get("client") else ""
-        if not _inside(peer, self.trusted):
-            return str(peer)
-        forwarded = [
-            value.decode("latin-1")
-            for key, value in scope.get("headers", ())
-            if key == b"x-forwarded-for"
-        ]
-        hops = [h.strip() for line in forwarded for h in line.split(",") if h.strip()]
-        for hop in reversed(hops):
-            if not _inside(hop, self.trusted):
-                return str(hop)
-        return str(peer)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = endpoint_class(scope["method"], scope["path"]) if scope["type"] == "http" else None

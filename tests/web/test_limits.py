@@ -11,6 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from runner.web.app import create_app
 from runner.web.ratelimit import Buckets, RateLimits, endpoint_class
 from tests.pg import LocalCluster
 from tests.test_serve import wait_for
@@ -91,28 +92,37 @@ def test_the_allowlist_bypasses_the_limits(base: str) -> None:
     assert "ratelimit-limit" not in answers[-1].headers
 
 
-def scope(peer: str, forwarded: str | None = None) -> dict[str, object]:
-    headers = [(b"x-forwarded-for", forwarded.encode())] if forwarded else []
-    return {"type": "http", "client": (peer, 5000), "headers": headers}
+def scope(peer: str) -> dict[str, object]:
+    return {"type": "http", "client": (peer, 5000), "headers": []}
 
 
-def test_forwarded_for_is_believed_only_from_trusted_proxies() -> None:
-    limits = RateLimits(
-        lambda s, r, t: None,  # type: ignore[arg-type, return-value]
-        config={},
-        trusted_proxies=["10.0.0.0/8"],
-    )
-    assert limits.client(scope("203.0.113.9", "1.2.3.4")) == "203.0.113.9"  # not a proxy
-    assert limits.client(scope("10.1.1.1", "1.2.3.4")) == "1.2.3.4"
-    # the right-most address that is not itself a trusted proxy; a client cannot spoof past it
-    assert limits.client(scope("10.1.1.1", "6.6.6.6, 1.2.3.4, 10.2.2.2")) == "1.2.3.4"
-    assert limits.client(scope("10.1.1.1")) == "10.1.1.1"
+@pytest.mark.anyio
+async def test_forwarded_for_is_believed_only_from_trusted_proxies() -> None:
+    app = create_app({}, rate_limits={"reads": "2/minute"}, trusted_proxies=["10.0.0.0/8"])
+
+    async def status(peer: str, forwarded: str | None = None) -> int:
+        headers = {"X-Forwarded-For": forwarded} if forwarded else {}
+        transport = httpx.ASGITransport(app=app, client=(peer, 5000))
+        async with httpx.AsyncClient(transport=transport, base_url="http://runner") as client:
+            return (await client.get("/openapi.json", headers=headers)).status_code
+
+    # not a proxy: its own address, whatever it claims to forward
+    assert [await status("203.0.113.9", f"1.2.3.{i}") for i in range(3)] == [200, 200, 429]
+    # a trusted proxy: the right-most address that is not itself a trusted proxy; a client
+    # cannot spoof past it by prepending addresses
+    assert await status("10.1.1.1", "6.6.6.6, 1.2.3.4, 10.2.2.2") == 200
+    assert await status("10.1.1.1", "7.7.7.7, 1.2.3.4") == 200
+    assert await status("10.1.1.1", "1.2.3.4") == 429
+    assert await status("10.1.1.1") == 200  # nothing forwarded: the proxy itself
+
+
+def test_client_addresses_and_their_buckets() -> None:
     # an IPv4 client on a dual-stack socket is itself; a global IPv6 client counts by its /64
-    assert limits.client(scope("::ffff:1.2.3.4")) == "1.2.3.4"
-    assert limits.bucket_key("2600:1f18:1:2:aaaa::1") == "2600:1f18:1:2::/64"
-    assert limits.bucket_key("2600:1f18:1:2:bbbb::9") == "2600:1f18:1:2::/64"
-    assert limits.bucket_key("::1") == "::1"  # not global: its own
-    assert limits.bucket_key("1.2.3.4") == "1.2.3.4"
+    assert RateLimits.client(scope("::ffff:1.2.3.4")) == "1.2.3.4"
+    assert RateLimits.bucket_key("2600:1f18:1:2:aaaa::1") == "2600:1f18:1:2::/64"
+    assert RateLimits.bucket_key("2600:1f18:1:2:bbbb::9") == "2600:1f18:1:2::/64"
+    assert RateLimits.bucket_key("::1") == "::1"  # not global: its own
+    assert RateLimits.bucket_key("1.2.3.4") == "1.2.3.4"
 
 
 def test_endpoint_classes() -> None:
