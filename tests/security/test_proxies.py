@@ -72,8 +72,11 @@ def test_without_trusted_proxies_forwarding_headers_choose_nothing(tmp_path: Pat
             {"Forwarded": "for=10.9.1.1"},
             {"Forwarded": 'for="[2001:db8::1]"'},
         ]
-        assert [read(base, h) for h in spoofed] == [200, 200, 200, 429, 429]
-        wait_for(lambda: log.read_text().count('"GET /api/runs HTTP/1.1"') == 5)
+        # no address is trusted with the API: without a token, nothing (and it counts)
+        anonymous = httpx.get(base + "/api/runs", headers={"X-Forwarded-For": "10.9.1.1"})
+        assert anonymous.status_code == 401
+        assert [read(base, h) for h in spoofed] == [200, 200, 429, 429, 429]
+        wait_for(lambda: log.read_text().count('"GET /api/runs HTTP/1.1"') == 6)
         lines = [line for line in log.read_text().splitlines() if "GET /api/runs" in line]
         assert all("127.0.0.1:" in line for line in lines), lines
         assert not any("10.9.1.1" in line or "203.0.113" in line for line in lines), lines
