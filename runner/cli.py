@@ -32,6 +32,7 @@ from runner.spec.plan_text import (
     grant_lines,
     narrowing_lines,
     printable,
+    program_text,
     reach_text,
     step_text,
 )
@@ -142,9 +143,25 @@ def _step_json(agent: AgentChange, step: StepReach) -> dict[str, Any]:
 
 def _grants_json(agent: AgentChange) -> list[dict[str, Any]]:
     """An agent's widenings, in the order the text sections list them."""
-    return [_reach_json(agent, r) for r in agent.widened] + [
-        _step_json(agent, s) for s in agent.steps
-    ]
+    program = (
+        [
+            {
+                "agent": agent.name,
+                "file": agent.file,
+                "kind": "program",
+                "secrets": list(agent.holds_secrets),
+                "network": agent.holds_network,
+                "text": program_text(agent, printable),
+            }
+        ]
+        if agent.new_code_holds
+        else []
+    )
+    return (
+        [_reach_json(agent, r) for r in agent.widened]
+        + [_step_json(agent, s) for s in agent.steps]
+        + program
+    )
 
 
 def _plan_json(plan: Plan, against: str | None) -> dict[str, Any]:
@@ -174,7 +191,8 @@ def _plan_json(plan: Plan, against: str | None) -> dict[str, Any]:
             for g in plan.gates
         ],
         "agents_changed": [
-            {"name": a.name, "file": a.file, "action": a.action} for a in plan.agents_changed
+            {"name": a.name, "file": a.file, "action": a.action, "program": a.program}
+            for a in plan.agents_changed
         ],
         # Empty exactly when the change grants nothing new: scripts can gate on its length.
         "grants": [entry for a in plan.grants for entry in _grants_json(a)],

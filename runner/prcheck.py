@@ -24,7 +24,7 @@ from runner.model import Bundle
 from runner.revisions import BundleLoader
 from runner.secrets.grants import AgentPolicy
 from runner.source.git import GitSourceConfig, _callbacks, _in_daemon_thread
-from runner.source.gittree import document_ids, subtree, tree_files
+from runner.source.gittree import document_ids, program_ids, subtree, tree_files
 from runner.spec.compile import compile_files
 from runner.spec.plan import Plan, make_plan
 from runner.spec.plan_text import (
@@ -169,14 +169,14 @@ class PullRequestCheck:
         checked = await asyncio.to_thread(self._check_tree, config, event)
         if checked is None:
             return None
-        errors, head, bundle = checked
+        errors, head, bundle, programs = checked
         plan = None
         if not errors:
             status = await self.store.get_source_status(source)
             applied = Bundle()
             if status is not None and status.applied_revision:
                 applied = await self.loader.bundle(source, status.applied_revision)
-            plan = make_plan(bundle, applied, now=datetime.now(UTC))
+            plan = make_plan(bundle, applied, now=datetime.now(UTC), programs=programs)
         verdict = Verdict(source=source, sha=head, errors=tuple(errors), plan=plan)
         await self._report(event, verdict)
         return verdict
@@ -206,8 +206,9 @@ class PullRequestCheck:
 
     def _check_tree(
         self, config: GitSourceConfig, event: ForgeEvent
-    ) -> tuple[list[SpecError], str, Bundle] | None:
-        """(errors, head sha, bundle) of the PR head's workflows folder; None if unchanged."""
+    ) -> tuple[list[SpecError], str, Bundle, frozenset[str]] | None:
+        """(errors, head sha, bundle, agents whose program changed) of the PR head's workflows
+        folder; None when it changes no workflow, agent manifest or agent program."""
         repo = self._repo(config)
         try:
             head = repo.get(event.sha)  # the head the event names, nothing else
@@ -220,14 +221,20 @@ class PullRequestCheck:
         head_tree = subtree(repo, head_commit, config.path)
         since = repo.merge_base(head_commit.id, base_commit.id)
         base_tree = subtree(repo, repo[since].peel(pygit2.Commit), config.path) if since else None
-        if document_ids(repo, head_tree) == document_ids(repo, base_tree):
-            return None  # the PR changes no workflow or agent file
+        head_programs, base_programs = program_ids(repo, head_tree), program_ids(repo, base_tree)
+        programs = frozenset(
+            name
+            for name, files in head_programs.items()
+            if name in base_programs and files != base_programs[name]
+        )
+        if not programs and document_ids(repo, head_tree) == document_ids(repo, base_tree):
+            return None  # the PR changes no workflow, agent manifest or agent program
         prefix = "" if config.path in ("", ".") else config.path.strip("/") + "/"
         files = tree_files(repo, head_tree, prefix) if head_tree is not None else []
         result = compile_files(
             files, builtins=builtin_agents(), images=self.images, policy=self.policy
         )
-        return list(result.errors), str(head_commit.id), result.bundle
+        return list(result.errors), str(head_commit.id), result.bundle, programs
 
     async def _report(self, event: ForgeEvent, verdict: Verdict) -> None:
         forge = self.reporting.get(event.forge)

@@ -207,8 +207,18 @@ def test_plan_shows_agent_files_and_what_the_change_grants(repo: Path) -> None:
     assert done.returncode == 0, done.stderr
     plan = json.loads(done.stdout)
     assert plan["agents_changed"] == [
-        {"name": "deployer", "file": "ops/agents/deployer/agent.yaml", "action": "added"},
-        {"name": "spdx-headers", "file": "ops/agents/spdx-headers/agent.yaml", "action": "changed"},
+        {
+            "name": "deployer",
+            "file": "ops/agents/deployer/agent.yaml",
+            "action": "added",
+            "program": False,
+        },
+        {
+            "name": "spdx-headers",
+            "file": "ops/agents/spdx-headers/agent.yaml",
+            "action": "changed",
+            "program": False,
+        },
     ]
     grants = [
         (g["agent"], g["kind"], g["old"], g["new"]) for g in plan["grants"] if g["kind"] != "step"

@@ -44,6 +44,24 @@ def document_ids(repo: pygit2.Repository, tree: pygit2.Tree | None) -> dict[str,
     return {rel: blobs[rel] for rel, _role, _dir in repo_layout(blobs)}
 
 
+def program_ids(
+    repo: pygit2.Repository, tree: pygit2.Tree | None
+) -> dict[str, dict[str, pygit2.Oid]]:
+    """By repo-local agent name, the blob ids of the files of its folder beside agent.yaml:
+    its program, which runs with whatever the agent is granted."""
+    if tree is None:
+        return {}
+    blobs = _walk(repo, tree)
+    out: dict[str, dict[str, pygit2.Oid]] = {}
+    for rel, role, agent_dir in repo_layout(blobs):
+        if role == "agent" and agent_dir is not None:
+            folder = agent_dir + "/"
+            out[agent_dir.rsplit("/", 1)[-1]] = {
+                path: oid for path, oid in blobs.items() if path.startswith(folder) and path != rel
+            }
+    return out
+
+
 def tree_files(repo: pygit2.Repository, tree: pygit2.Tree, display: str) -> list[SourceFile]:
     """The workflow and agent documents of a workflows-repo tree; `display` prefixes their
     paths in errors."""

@@ -86,10 +86,19 @@ class AgentChange:
     widened: tuple[Reach, ...] = ()
     narrowed: tuple[Reach, ...] = ()
     steps: tuple[StepReach, ...] = ()
+    # its program (the files beside agent.yaml) changed; what it holds runs the new code
+    program: bool = False
+    holds_secrets: tuple[str, ...] = ()
+    holds_network: bool = False
+
+    @property
+    def new_code_holds(self) -> bool:
+        """New code that receives secrets or the network: reviewers must read it."""
+        return self.program and bool(self.holds_secrets or self.holds_network)
 
     @property
     def grants(self) -> bool:
-        return bool(self.widened or self.steps)
+        return bool(self.widened or self.steps or self.new_code_holds)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -104,8 +113,9 @@ class Plan:
 
     @property
     def agents_changed(self) -> tuple[AgentChange, ...]:
-        """Repo-local agents whose file was added, changed or removed."""
-        return tuple(a for a in self.agents if a.action != "unchanged")
+        """Repo-local agents whose file was added, changed or removed, or whose program
+        changed."""
+        return tuple(a for a in self.agents if a.action != "unchanged" or a.program)
 
     @property
     def grants(self) -> tuple[AgentChange, ...]:
@@ -192,12 +202,13 @@ def _step_reach(new: Bundle, old: Bundle) -> dict[str, list[StepReach]]:
     return found
 
 
-def _agent_changes(new: Bundle, old: Bundle) -> list[AgentChange]:
+def _agent_changes(new: Bundle, old: Bundle, programs: frozenset[str]) -> list[AgentChange]:
     local_new = {n: a for n, a in new.agents.items() if not a.builtin}
     local_old = {n: a for n, a in old.agents.items() if not a.builtin}
     steps = _step_reach(new, old)
     out = []
     for name in sorted(local_new.keys() | local_old.keys() | steps.keys()):
+        program = name in programs and name in local_new
         after, before = local_new.get(name), local_old.get(name)
         reach = _reach(before, after) if after or before else []
         if after is None and before is None:
@@ -209,7 +220,7 @@ def _agent_changes(new: Bundle, old: Bundle) -> list[AgentChange]:
         else:
             action = "unchanged" if after.digest == before.digest else "changed"
         shown = after or before
-        if action == "unchanged" and not reach and name not in steps:
+        if action == "unchanged" and not reach and name not in steps and not program:
             continue
         out.append(
             AgentChange(
@@ -220,13 +231,24 @@ def _agent_changes(new: Bundle, old: Bundle) -> list[AgentChange]:
                 widened=tuple(r for r in reach if r.widens),
                 narrowed=tuple(r for r in reach if not r.widens),
                 steps=tuple(steps.get(name, ())),
+                program=program,
+                holds_secrets=tuple(sorted(after.secrets)) if program and after else (),
+                holds_network=bool(program and after and after.network),
             )
         )
     return out
 
 
-def make_plan(new: Bundle, old: Bundle, *, now: datetime, fires: int = 3) -> Plan:
-    """Changes from `old` to `new`; added and kept schedules with their next `fires` times."""
+def make_plan(
+    new: Bundle,
+    old: Bundle,
+    *,
+    now: datetime,
+    fires: int = 3,
+    programs: frozenset[str] = frozenset(),
+) -> Plan:
+    """Changes from `old` to `new`; added and kept schedules with their next `fires` times.
+    `programs` names the repo-local agents whose program files changed (beside agent.yaml)."""
     changes = _diff(
         "workflow",
         {n: w.digest for n, w in new.workflows.items()},
@@ -259,5 +281,5 @@ def make_plan(new: Bundle, old: Bundle, *, now: datetime, fires: int = 3) -> Pla
         changes=tuple(changes),
         schedules=tuple(schedules),
         gates=tuple(gates),
-        agents=tuple(_agent_changes(new, old)),
+        agents=tuple(_agent_changes(new, old, programs)),
     )

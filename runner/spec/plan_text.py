@@ -71,12 +71,29 @@ def agent_label(agent: AgentChange, code: Code) -> str:
     return f"agent {code(agent.name)} ({where})"
 
 
+def program_text(agent: AgentChange, code: Code) -> str:
+    """An agent's new code that holds secrets or the network, e.g. "its program changed, and
+    it receives secret `DEPLOY_TOKEN`, network access"."""
+    held = (
+        [
+            f"secret{'s' if len(agent.holds_secrets) > 1 else ''} "
+            + ", ".join(code(s) for s in agent.holds_secrets)
+        ]
+        if agent.holds_secrets
+        else []
+    )
+    held += ["network access"] if agent.holds_network else []
+    return f"its program changed, and it receives {', '.join(held)}: read the new code"
+
+
 def grant_lines(plan: Plan, code: Code) -> list[str]:
     """One line per widening, agent by agent; empty when the plan grants nothing new."""
     return [
         f"{agent_label(a, code)}: {text}"
         for a in plan.grants
-        for text in [reach_text(r, code) for r in a.widened] + [step_text(s, code) for s in a.steps]
+        for text in [reach_text(r, code) for r in a.widened]
+        + [step_text(s, code) for s in a.steps]
+        + ([program_text(a, code)] if a.new_code_holds else [])
     ]
 
 
@@ -90,5 +107,10 @@ def narrowing_lines(plan: Plan, code: Code) -> list[str]:
 
 
 def agent_file_line(agent: AgentChange, code: Code) -> str:
-    """A changed agent file, e.g. "`agents/deployer/agent.yaml`: agent `deployer` added"."""
-    return f"{code(agent.file)}: agent {code(agent.name)} {agent.action}"
+    """A changed agent file, e.g. "`agents/deployer/agent.yaml`: agent `deployer` added", or
+    its folder when only its program changed."""
+    if agent.action == "unchanged":
+        folder = agent.file.rsplit("/", 1)[0] + "/"
+        return f"{code(folder)}: agent {code(agent.name)}: program changed"
+    what = f"{agent.action}, and its program" if agent.program else agent.action
+    return f"{code(agent.file)}: agent {code(agent.name)} {what}"

@@ -150,3 +150,33 @@ async def test_pr_comment_says_in_one_line_when_nothing_widens(
         "without approval." in text.splitlines()
     )
     assert "⚠️" not in text
+
+
+async def test_a_change_to_an_agents_program_alone_is_shown_with_what_the_code_holds(
+    comments: tuple[Repo, Dispatcher], github: FakeGitHub
+) -> None:
+    repo, dispatcher = comments
+    # Only the program changes: still checked and reported, the folder named.
+    head = open_pr(repo, 7, {"agents/deployer/main.py": "import os; print(os.environ)\n"})
+    await dispatcher.handle(delivery(7, head, "opened", repo.url))
+    text = posted(github, 7)
+    assert "- `agents/deployer/`: agent `deployer`: program changed" in text
+    assert "nothing widens" in text  # the agent holds no secret and no network
+
+    # New code together with a new secret: the code that will hold it is named too.
+    head = open_pr(
+        repo,
+        8,
+        {
+            **agent("deployer", "risk: approval_required", "secrets: [DEPLOY_TOKEN]"),
+            "agents/deployer/main.py": "import os; print(os.environ['DEPLOY_TOKEN'])\n",
+        },
+    )
+    await dispatcher.handle(delivery(8, head, "opened", repo.url))
+    text = posted(github, 8)
+    assert "- `agents/deployer/agent.yaml`: agent `deployer` changed, and its program" in text
+    deployer = "- agent `deployer` (`agents/deployer/agent.yaml`): "
+    assert deployer + "asks for secret `DEPLOY_TOKEN` (new)" in text
+    assert (
+        deployer + "its program changed, and it receives secret `DEPLOY_TOKEN`: read the new code"
+    ) in text
