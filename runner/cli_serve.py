@@ -16,8 +16,15 @@ from runner import logs, tracing
 from runner.cli_common import config_option, output_option, when
 from runner.errors import PermanentError, TransientError, UsageError
 from runner.model import SourceStatus
-from runner.services import agent_policy, build_sources, image_policy, runtime, serve
-from runner.settings import Settings, known_secrets, load_settings
+from runner.services import (
+    agent_policy,
+    build_sources,
+    image_policy,
+    runtime,
+    secret_store,
+    serve,
+)
+from runner.settings import Settings, load_settings
 from runner.source.reconciler import Reconciler
 
 
@@ -38,7 +45,7 @@ def serve_command(config_path: str | None, role: str, grace: float) -> None:
     logs.configure(
         format=settings.logging.format,
         level=settings.logging.level,
-        secrets=known_secrets(settings),
+        secrets=secret_store(settings).masked(),  # its own credentials and granted values
     )
     tracing.setup()  # when OTEL_EXPORTER_OTLP_ENDPOINT is set and the otel extra installed
     try:

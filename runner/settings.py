@@ -8,6 +8,7 @@ ignored key. Every command that touches state loads settings the same way, so it
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from collections.abc import Mapping
@@ -16,6 +17,7 @@ from functools import cache
 from importlib import resources
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 import jsonschema_rs
 
@@ -115,6 +117,17 @@ def known_secrets(settings: Settings) -> list[str]:
         creds = source.get("credentials") or {}
         for key in ("token_env", "password_env"):
             found += secret_values(creds.get(key), None)
+        # the whole key, and (as masking does) each of its lines; the source's fetch reports a
+        # key it cannot read
+        with contextlib.suppress(OSError):
+            if creds.get("ssh_key_file"):
+                found.append(Path(creds["ssh_key_file"]).read_text(encoding="utf-8").strip())
+    if os.environ.get("PGPASSWORD"):
+        found.append(os.environ["PGPASSWORD"])
+    with contextlib.suppress(ValueError):  # a password written in the database URL
+        password = urlsplit(settings.database.url).password
+        if password:
+            found.append(unquote(password))
     return found
 
 
