@@ -46,9 +46,12 @@ class BundleLoader:
         self._cache: dict[tuple[str, str], Bundle] = {}
 
     def root(self, source: str, revision: str) -> Path | None:
+        """The folder holding the source's `agents/` at `revision`, absolute; None when this
+        process does not know the source (its repo-local agents then cannot run here)."""
         if source.startswith(LOCAL):
             return Path(source[len(LOCAL) :])
-        return self._roots(source, revision)
+        found = self._roots(source, revision)
+        return found.resolve() if found is not None else None
 
     async def bundle(self, source: str, revision: str) -> Bundle:
         key = (source, revision)

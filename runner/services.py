@@ -76,7 +76,9 @@ async def runtime(
     reporter: Reporter | None = None,
 ) -> AsyncIterator[Runtime]:
     """An open, migrated store and an engine on the configured executor. `roots` finds the
-    checkout holding a source's repo-local agents at a revision."""
+    checkout holding a source's repo-local agents at a revision (by default, from the
+    configured sources: never the working directory)."""
+    roots = roots or source_roots(settings)
     store = open_store(
         settings.database.url,
         pool_size=settings.database.pool_size,
@@ -112,6 +114,24 @@ async def runtime(
             await executor.aclose()
     finally:
         await store.close()
+
+
+def source_roots(settings: Settings) -> Callable[[str, str], Path | None]:
+    """Where the configured sources keep their repo-local agents' programs at a revision; None
+    for a source this process does not know (the step then fails, saying so)."""
+    found: dict[str, Source] | None = None
+
+    def root(source: str, revision: str) -> Path | None:
+        nonlocal found
+        if found is None:
+            try:
+                found = {s.name: s for s in build_sources(settings)}
+            except UsageError:
+                found = {}
+        known = found.get(source)
+        return known.agents_root(revision).resolve() if known else None
+
+    return root
 
 
 def image_policy(settings: Settings) -> ImagePolicy:

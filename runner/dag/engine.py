@@ -17,6 +17,7 @@ import random
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 from runner import logs, metrics, tracing
@@ -431,6 +432,17 @@ class _Execution:
         """The secrets the step's agent is granted here, and the values every log masks; None
         (the step failed, saying why) when the configuration no longer allows what the agent
         asks for (it changed since the agent's revision was applied)."""
+        if not agent.builtin and not Path(agent.directory).is_absolute():
+            # the program of the run's revision is not known here: never run whatever folder
+            # of that name the working directory holds
+            error = (
+                f"the program of agent {agent.name!r} at revision {self.run.revision[:12]} is not"
+                f" available in this process (source {self.run.source!r} is not configured"
+                " here): continue the run where that source is configured (runner serve)"
+            )
+            await self._log(step.id, f"[runner] not started: {error}\n")
+            await self._set(step, "failed", error=error, finished_at=self.engine.clock())
+            return None
         store = self.engine.options.secrets
         if store is None:
             return Granted(), ()
