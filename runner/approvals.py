@@ -20,7 +20,7 @@ from typing import Literal, Protocol
 
 from runner import metrics
 from runner.errors import PermanentError
-from runner.model import Approval, ApprovalPolicy, Decision, Run
+from runner.model import FINISHED, Approval, ApprovalPolicy, Decision, Run
 from runner.store.base import Store
 
 log = logging.getLogger(__name__)
@@ -98,15 +98,16 @@ class Channel:
 
 async def authors_of(store: Store, run: Run | None, sha: str | None) -> set[str]:
     """Who counts as an author of the change a gate is for, from what the runner recorded:
-    whoever started the run, the pull request's author, and whoever pushed head `sha`."""
+    whoever started the run, the pull request's author, and whoever pushed commit `sha` to the
+    repository (a push delivery, or a pull request opened or updated with it as head)."""
     if run is None:
         return set()
     trigger = run.trigger
     pull = trigger.get("pull_request") or {}
     found = {str(trigger.get("actor") or ""), str(pull.get("author") or "")}
-    forge, repository, number = trigger.get("forge"), trigger.get("repository"), pull.get("number")
-    if forge and repository and isinstance(number, int) and sha:
-        found |= await store.pushers(str(forge), str(repository), number, sha)
+    forge, repository = trigger.get("forge"), trigger.get("repository")
+    if forge and repository and sha:  # whoever pushed that commit, before or after the PR
+        found |= await store.pushers(str(forge), str(repository), sha)
     return {name for name in found if name}
 
 
@@ -134,6 +135,9 @@ async def _refusal(
             "a new push needs a new approval"
         )
     run = await store.get_run(approval.run_id)
+    if run is None or run.status in FINISHED:
+        state = run.status if run is not None else "gone"
+        return f"run {approval.run_id} is {state}: nothing waits for this decision"
     everyone = await authors_of(store, run, approval.sha) | set(authors)
     return check_policy(approval.policy, who, authors=everyone)
 
@@ -191,7 +195,10 @@ async def decide(
     metrics.DECISIONS.labels(channel.via, "recorded").inc()
     if decision == "reject":
         return await _close(store, approval, "rejected", 0, f"rejected by {who.name}")
-    approvers = {d.actor for d in await store.decisions(approval.id) if d.decision == "approve"}
+    # one person is one approver, whatever the case their name was written in
+    approvers = {
+        d.actor.casefold() for d in await store.decisions(approval.id) if d.decision == "approve"
+    }
     if len(approvers) >= approval.policy.required:
         return await _close(store, approval, "approved", len(approvers), "approved")
     message = f"{len(approvers)} of {approval.policy.required} approvals"
@@ -233,3 +240,28 @@ async def expire_due(store: Store, now: float) -> list[Approval]:
                 await store.transition_run(approval.run_id, "running")
                 expired.append(closed)
     return expired
+
+
+async def close_gates(store: Store, run_id: int, why: str) -> list[Approval]:
+    """Reject the pending gates of a run that ended without them (cancelled, superseded, timed
+    out): nothing may approve them later, and a retry opens fresh ones."""
+    closed = []
+    for gate in await store.list_approvals(run_id=run_id, status="pending"):
+        recorded = await store.add_decision(
+            Decision(
+                approval_id=gate.id,
+                actor="runner",
+                decision="reject",
+                via="cancel",
+                sha=gate.sha,
+                revision=gate.revision,
+                inputs_digest=gate.inputs_digest,
+                comment=why,
+            )
+        )
+        if recorded is not None:
+            done = await store.close_approval(gate.id, "rejected")
+            if done is not None:
+                metrics.DECISIONS.labels("cancel", "recorded").inc()
+                closed.append(done)
+    return closed

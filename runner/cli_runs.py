@@ -21,10 +21,11 @@ from rich.table import Table
 
 from runner.approvals import Channel, LocalDirectory, NotAllowed, decide
 from runner.cli_common import config_option, output_option, when
-from runner.errors import PermanentError, UsageError
+from runner.errors import PermanentError, TransientError, UsageError
+from runner.forges.api import run_authors
 from runner.model import Approval, Run, RunRequest, RunStatus, Workflow
 from runner.revisions import content_revision, local_source
-from runner.services import Runtime, agent_policy, image_policy, runtime
+from runner.services import Runtime, agent_policy, forge_clients, image_policy, runtime
 from runner.settings import load_settings
 from runner.spec.compile import compile_files
 from runner.spec.inputs import InputsInvalid, resolve_inputs
@@ -272,22 +273,34 @@ async def _approve(
             )
         who = await LocalDirectory().identity(actor())
         decided = False
-        for gate in gates:
-            try:
-                outcome = await decide(
-                    rt.store,
-                    gate.id,
-                    who=who,
-                    decision="reject" if reject else "approve",
-                    channel=Channel(via="cli"),
-                    comment=comment,
+        clients, _ = forge_clients(rt.settings)
+        try:
+            for gate in gates:
+                try:  # who the forge says authored the change, as for a comment
+                    authors = await run_authors(run, gate.sha, clients)
+                    outcome = await decide(
+                        rt.store,
+                        gate.id,
+                        who=who,
+                        decision="reject" if reject else "approve",
+                        channel=Channel(via="cli"),
+                        comment=comment,
+                        authors=authors,
+                    )
+                except NotAllowed as exc:
+                    raise click.ClickException(f"refused: {exc}") from None
+                except TransientError as exc:
+                    raise click.ClickException(
+                        f"cannot tell who authored the change ({exc}); try again"
+                    ) from None
+                console.print(
+                    f"approval {gate.id} (step {gate.step_id}): {outcome.message}",
+                    highlight=False,
                 )
-            except NotAllowed as exc:
-                raise click.ClickException(f"refused: {exc}") from None
-            console.print(
-                f"approval {gate.id} (step {gate.step_id}): {outcome.message}", highlight=False
-            )
-            decided = decided or outcome.status != "pending"
+                decided = decided or outcome.status != "pending"
+        finally:
+            for client in clients.values():
+                await client.close()
         if not decided:
             return None
         held = await rt.store.acquire_run(rt.node, run_id, rt.engine.options.lease)

@@ -87,6 +87,11 @@ class CommentHandler:
             )
             metrics.comment_command(event.forge, "no_id")
             return []
+        if event.actor and event.actor == await client.me():
+            return []  # the runner's own reply (its token's user) is never a command
+        # asked before the comment is claimed: a forge that cannot answer now leaves the
+        # comment unspent, for the forge's redelivery
+        head, author = await client.pull_head(event.repository, event.number or 0)
         if not await self.store.claim_comment(
             event.forge,
             event.comment_id,
@@ -105,7 +110,6 @@ class CommentHandler:
             metrics.comment_command(event.forge, "replayed")
             return []
         metrics.comment_command(event.forge, "acted")
-        head, author = await client.pull_head(event.repository, event.number or 0)
         runs = _pr_runs(await self.store.list_runs(limit=1000), event)
         replies = [f"@{event.actor}: {e}" for e in errors]
         context = _Context(head=head, author=author)

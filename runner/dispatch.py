@@ -96,8 +96,11 @@ class Dispatcher:
         )
         if forge_event is None:
             return []
-        if forge_event.kind == "pull_request" and forge_event.action in PUSHED_HEAD:
-            # who brought the PR to this head counts as its author for approvals
+        pushed = forge_event.kind == "push" or (
+            forge_event.kind == "pull_request" and forge_event.action in PUSHED_HEAD
+        )
+        if pushed and forge_event.sha:
+            # who pushed a commit counts as an author of any pull request it heads
             await self.store.record_push(
                 forge_event.forge,
                 forge_event.repository,

@@ -257,7 +257,7 @@ class Decision:
     approval_id: int
     actor: str
     decision: Literal["approve", "reject"]
-    via: Literal["cli", "api", "comment", "timeout"]
+    via: Literal["cli", "api", "comment", "timeout", "cancel"]
     sha: str | None
     revision: str
     inputs_digest: str

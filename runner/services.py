@@ -370,6 +370,7 @@ async def serve(settings: Settings, *, role: str, stop: asyncio.Event, grace: fl
             load_tokens(settings.api),
             source_names=[str(s["name"]) for s in settings.sources] or ["main"],
             on_requested=stored,
+            clients=clients,
         )
         app = create_app(
             checks,

@@ -9,6 +9,7 @@ ignored key. Every command that touches state loads settings the same way, so it
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import json
 import os
 from collections.abc import Mapping
@@ -168,6 +169,36 @@ def _own_credentials(data: Mapping[str, Any], file: Path | None) -> tuple[dict[s
     return variables, files
 
 
+def _networks(
+    data: Mapping[str, Any], document: Document | None, origin: Mapping[str, str]
+) -> list[SpecError]:
+    """`trusted_proxies` and `rate_limits.allow` must be addresses or networks: "*" or a host
+    name would let clients choose their address, and a typo would be silently ignored."""
+    errors = []
+    lists: list[tuple[list[str | int], Any]] = [
+        (["trusted_proxies"], data.get("trusted_proxies")),
+        (["rate_limits", "allow"], (data.get("rate_limits") or {}).get("allow")),
+    ]
+    for parts, values in lists:
+        for i, value in enumerate(values or []):
+            try:
+                ipaddress.ip_network(str(value), strict=False)
+            except ValueError:
+                message = (
+                    f"{value!r} is not an IP address or network: write e.g. 10.0.0.0/8 or"
+                    " 192.0.2.7 (every entry is believed or let through as written; there is"
+                    " no wildcard)"
+                )
+                var = origin.get(pointer_of(parts))
+                if var is not None:
+                    errors.append(SpecError(path=f"${var}", line=1, column=1, message=message))
+                elif document is not None:
+                    errors.append(document.error([*parts, i], message))
+                else:
+                    errors.append(SpecError(path="<settings>", line=1, column=1, message=message))
+    return errors
+
+
 def _grants(
     data: Mapping[str, Any], document: Document | None, file: Path | None
 ) -> tuple[tuple[Grant, ...], list[SpecError]]:
@@ -318,6 +349,7 @@ def load_settings(path: str | None = None, env: Mapping[str, str] | None = None)
     if errors:
         raise ConfigInvalid(errors)
     grants, errors = _grants(data, document, file)
+    errors += _networks(data, document, origin)
     if errors:
         raise ConfigInvalid(errors)
     executor = dict(data.get("executor", {}))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from runner.approvals import close_gates
 from runner.errors import PermanentError
 from runner.model import FINISHED, Run
 from runner.store.base import Store
@@ -21,6 +22,7 @@ async def cancel(store: Store, run_id: int, *, reason: str = "cancelled") -> Run
         raise PermanentError(
             f"run {run_id} is {current.status}; only an unfinished run can be cancelled"
         )
+    await close_gates(store, run_id, f"the run was cancelled: {reason}")
     return run
 
 

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from runner import logs, metrics, tracing
+from runner.approvals import close_gates
 from runner.dag import graph
 from runner.errors import PermanentError
 from runner.executors.base import Executor, ExecutorUnavailable, StepSpec
@@ -214,6 +215,7 @@ class _Execution:
 
     async def _finish(self, status: RunStatus, error: str | None) -> Run:
         done = await self.store.transition_run(self.run.id, status, error=error)
+        await close_gates(self.store, self.run.id, f"the run ended {status}")
         await self.engine.workspaces.release(self.run.id, failed=status != "succeeded")
         if done is None:
             return await self._current()
@@ -246,7 +248,8 @@ class _Execution:
             for other in others:
                 if other.id < self.run.id:
                     reason = f"cancelled by run {self.run.id} of concurrency group {group!r}"
-                    await self.store.transition_run(other.id, "cancelled", error=reason)
+                    if await self.store.transition_run(other.id, "cancelled", error=reason):
+                        await close_gates(self.store, other.id, reason)
         return None
 
     async def _heartbeat(self) -> None:

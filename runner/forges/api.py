@@ -3,9 +3,11 @@ and GitLab each implement them (`github.py`, `gitlab.py`)."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Protocol
 
 from runner.approvals import Identity
+from runner.model import Run
 
 
 class ForgeClient(Protocol):
@@ -35,7 +37,36 @@ class ForgeClient(Protocol):
         """The paths pull request `number` changes (for `paths` trigger filters)."""
         ...
 
+    async def me(self) -> str | None:
+        """The login the runner's token acts as, or None when the forge cannot say."""
+        ...
+
     async def close(self) -> None: ...
+
+
+async def pull_authors(
+    client: ForgeClient, repository: str, number: int, sha: str
+) -> frozenset[str]:
+    """The authors the forge knows of for commit `sha` heading pull request `number`: the pull
+    request's author and the commit's author and committer accounts. Raises TransientError
+    when the forge cannot say (an approval is then refused, never granted without it)."""
+    _head, author = await client.pull_head(repository, number)
+    return await client.head_accounts(repository, sha) | {author}
+
+
+async def run_authors(
+    run: Run | None, sha: str | None, clients: Mapping[str, ForgeClient]
+) -> frozenset[str]:
+    """`pull_authors` for a run triggered through a pull request of a forge the runner has an
+    API client for (the API and CLI channels ask what a comment would); empty otherwise."""
+    if run is None or not sha:
+        return frozenset()
+    trigger = run.trigger
+    number = (trigger.get("pull_request") or {}).get("number")
+    client = clients.get(str(trigger.get("forge") or ""))
+    if client is None or not isinstance(number, int) or not trigger.get("repository"):
+        return frozenset()
+    return await pull_authors(client, str(trigger["repository"]), number, sha)
 
 
 class ForgeReporting(Protocol):

@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import json
 import shlex
 from dataclasses import dataclass, field
 from typing import Literal
@@ -47,6 +48,23 @@ def _run_id(token: str) -> int | None:
     return int(token) if token.isdigit() else None
 
 
+def _value(key: str, text: str) -> object:
+    """A /run input read as YAML (a number, a list...); text when YAML would make it something
+    JSON cannot hold (a date), an error the commenter is told about when it is not YAML."""
+    if not text:
+        return ""
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        problem = str(exc).splitlines()[0]
+        raise CommandError(f"/run input {key}={text!r} is not a YAML value: {problem}") from None
+    try:
+        json.dumps(value)
+    except (TypeError, ValueError):
+        return text
+    return value
+
+
 def _parse_line(line: str) -> Command:
     try:
         words = shlex.split(line)
@@ -65,7 +83,7 @@ def _parse_line(line: str) -> Command:
             key, sep, value = pair.partition("=")
             if not sep or not key:
                 raise CommandError(f"/run input {pair!r}: write key=value")
-            inputs[key] = yaml.safe_load(value) if value else ""
+            inputs[key] = _value(key, value)
         return Command(verb="run", workflow=args[0], inputs=inputs, line=line)
     run = _run_id(args[0]) if args else None
     rest = args[1:] if run is not None else args
@@ -80,20 +98,40 @@ def _parse_line(line: str) -> Command:
     return Command(verb=verb, run=run, line=line)
 
 
+# Characters other than \n that some renderers or Python's str.splitlines() treat as a line
+# break: a line holding one is never a command (a quoted `/approve` could otherwise hide behind
+# one, rendered as part of the quote).
+_ODD_BREAKS = frozenset("\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029")
+
+
+def _fence(line: str) -> str | None:
+    """The fence a line opens or closes (its character run: ``` or ~~~ and longer), if any."""
+    for char in "`~":
+        if line.startswith(char * 3):
+            return char * (len(line) - len(line.lstrip(char)))
+    return None
+
+
 def parse_comment(text: str) -> tuple[list[Command], list[str]]:
-    """The commands of a comment, and an error message for each line that looked like one."""
+    """The commands of a comment, and an error message for each line that looked like one.
+    Lines are split at \n only; code fences close only on the same character, at least as
+    long (CommonMark)."""
     commands: list[Command] = []
     errors: list[str] = []
-    fenced = False
-    for raw in text.splitlines():
-        line = raw.strip()
-        if line.startswith(("```", "~~~")):
-            fenced = not fenced
+    fence: str | None = None
+    for raw in text.replace("\r\n", "\n").split("\n"):
+        line = raw.strip(" \t")
+        marker = _fence(line)
+        if marker is not None:
+            if fence is None:
+                fence = marker
+            elif marker[0] == fence[0] and len(marker) >= len(fence) and line == marker:
+                fence = None
             continue
-        if fenced or line.startswith(">") or not line.startswith("/") or len(line) < 2:
+        if fence is not None or line.startswith(">") or not line.startswith("/") or len(line) < 2:
             continue
-        if not line[1].isalpha():
-            continue  # a path such as /usr/bin, not a command
+        if not line[1].isalpha() or _ODD_BREAKS & set(line):
+            continue  # a path such as /usr/bin, or a line a renderer would break
         try:
             commands.append(_parse_line(line))
         except CommandError as exc:

@@ -6,11 +6,15 @@ understand is None (the event is recorded as handled, with nothing to do).
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
 
 ZERO = "0" * 40
+# GitLab's hooks carry no bot flag; project, group and service-account tokens act through bot
+# users named like this (GitLab 13.9+: project_<id>_bot_<hex>; earlier project_<id>_bot<n>)
+_GITLAB_BOT = re.compile(r"^(project|group)_\d+_bot(_[0-9a-f]+|\d*)$|^service_account_")
 # the forges' words for pull request activity, in GitHub's terms (the workflow's `types`)
 _ACTIONS = {
     "open": "opened",
@@ -168,7 +172,10 @@ def _gitlab_note(name: str, body: dict[str, Any], full: str, url: str) -> ForgeE
         edited = attrs.get("action") == "update"
     else:
         edited = attrs.get("updated_at") not in (None, attrs.get("created_at"))
-    if attrs.get("noteable_type") != "MergeRequest" or not mr or edited or user.get("bot"):
+    bot = user.get("bot") or _GITLAB_BOT.match(str(user.get("username", "")))
+    if attrs.get("noteable_type") != "MergeRequest" or not mr or edited or bot:
+        return None
+    if attrs.get("system"):  # GitLab's own notes ("added 1 commit"), never a person's
         return None
     return ForgeEvent(
         kind="comment",

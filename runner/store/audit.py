@@ -220,12 +220,11 @@ class AuditQueries:
 
         await self._in_tx(body)
 
-    async def pushers(self, forge: str, repository: str, number: int, sha: str) -> set[str]:
+    async def pushers(self, forge: str, repository: str, sha: str) -> set[str]:
         async def body(tx: Tx) -> set[str]:
             found = await tx.all(
-                "SELECT pusher FROM pull_pushes WHERE forge = ? AND repository = ?"
-                " AND number = ? AND sha = ?",
-                (forge, repository, number, sha),
+                "SELECT pusher FROM pull_pushes WHERE forge = ? AND repository = ? AND sha = ?",
+                (forge, repository, sha),
             )
             return {str(r[0]) for r in found}
 

@@ -103,9 +103,12 @@ class Store(Protocol):
         event_type: str,
         headers: Mapping[str, str],
         body: bytes,
+        body_digest: str | None = None,
     ) -> tuple[Event, bool]:
         """Store a delivery durably; (event, True) when new, (existing, False) for a duplicate
-        (same forge and delivery id), whoever stored it first."""
+        (same forge and delivery id, or the same `body_digest`: a signed body re-sent under
+        another delivery id), whoever stored it first. A duplicate of an event whose handling
+        failed puts it back to pending and counts as new (a forge's redelivery)."""
 
     async def claim_events(self, node: str, lease: float, limit: int) -> list[Event]:
         """Lease up to `limit` pending events, oldest first, that no live lease holds."""
@@ -239,11 +242,12 @@ class Store(Protocol):
     async def record_push(
         self, forge: str, repository: str, number: int, sha: str, pusher: str
     ) -> None:
-        """Remember that `pusher` brought pull request `number` to head `sha` (from the forge's
-        signed delivery), for the author ban."""
+        """Remember that `pusher` pushed commit `sha` to `repository` (from the forge's signed
+        delivery: a push, number 0, or pull request `number` opened or updated with it as its
+        head), for the author ban."""
 
-    async def pushers(self, forge: str, repository: str, number: int, sha: str) -> set[str]:
-        """Who pushed head `sha` of the pull request, as recorded."""
+    async def pushers(self, forge: str, repository: str, sha: str) -> set[str]:
+        """Who pushed commit `sha` to the repository, as recorded, whatever pull request."""
 
     # -- retention ------------------------------------------------------------------------------
     async def prune(self, *, older_than: float, keep_last: int) -> int:

@@ -20,7 +20,7 @@ class Stored:
     new: bool  # False: a delivery with this (forge, delivery id) was stored before
 
 
-_Item = tuple[tuple[str, str, str, str, bytes, float], "asyncio.Future[Stored]"]
+_Item = tuple[tuple[str, str, str, str, bytes, float, str | None], "asyncio.Future[Stored]"]
 
 
 class EventWriter:
@@ -39,8 +39,10 @@ class EventWriter:
         event_type: str,
         headers: Mapping[str, str],
         body: bytes,
+        body_digest: str | None = None,
     ) -> Stored:
-        """Store a delivery (deduplicated on forge and delivery id) once it is committed."""
+        """Store a delivery (deduplicated on forge and delivery id, and on the body's digest
+        when given) once it is committed; a repeat of a failed delivery is handled again."""
         future: asyncio.Future[Stored] = asyncio.get_running_loop().create_future()
         values = (
             forge,
@@ -49,6 +51,7 @@ class EventWriter:
             rows.dumps(dict(headers)),
             body,
             self.store.clock(),
+            body_digest,
         )
         self._pending.append((values, future))
         if not self._flushing:
@@ -84,11 +87,11 @@ class EventWriter:
 
     async def _write(self, tx: Tx, batch: list[_Item], *, retry: bool) -> list[Stored]:
         """One multi-row insert for the batch; a delivery seen before (in an earlier batch or
-        earlier in this one) is answered with the first one's id."""
-        marks = ", ".join("(?, ?, ?, ?, ?, ?)" for _ in batch)
+        earlier in this one, by delivery id or body) is answered with the first one's id."""
+        marks = ", ".join("(?, ?, ?, ?, ?, ?, ?)" for _ in batch)
         inserted = await tx.all(
-            "INSERT INTO events (forge, delivery_id, event_type, headers, body, received_at)"
-            f" VALUES {marks} ON CONFLICT (forge, delivery_id) DO NOTHING"
+            "INSERT INTO events (forge, delivery_id, event_type, headers, body, received_at,"
+            f" body_digest) VALUES {marks} ON CONFLICT DO NOTHING"
             " RETURNING id, forge, delivery_id",
             [value for values, _ in batch for value in values],
         )
@@ -101,13 +104,18 @@ class EventWriter:
                 out.append(Stored(new.pop(key), True))
                 seen.add(key)
                 continue
-            existing = await tx.one(
-                "SELECT id, received_at FROM events WHERE forge = ? AND delivery_id = ?", key
-            )
-            assert existing is not None
+            existing = await self.store._same_delivery(tx, values[0], values[1], values[6])
             # on a retry, a row of this very batch stored by the try whose answer was lost
-            # (same receipt time) is still new
-            mine = retry and key not in seen and existing[1] == values[5]
+            # (same receipt time and delivery id) is still new
+            mine = (
+                retry
+                and key not in seen
+                and existing.delivery_id == values[1]
+                and existing.received_at == values[5]
+            )
             seen.add(key)
-            out.append(Stored(int(existing[0]), mine))
+            if not mine and existing.status == "failed":
+                again = await self.store._redelivered(tx, existing.id)
+                mine = again is not None
+            out.append(Stored(existing.id, mine))
         return out

@@ -430,26 +430,51 @@ class SqlStore(AuditQueries):
         event_type: str,
         headers: Mapping[str, str],
         body: bytes,
+        body_digest: str | None = None,
     ) -> tuple[Event, bool]:
         now = self.clock()
 
         async def tx_body(tx: Tx) -> tuple[Event, bool]:
             row = await tx.one(
-                "INSERT INTO events (forge, delivery_id, event_type, headers, body, received_at)"
-                " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (forge, delivery_id) DO NOTHING"
+                "INSERT INTO events (forge, delivery_id, event_type, headers, body, received_at,"
+                " body_digest) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING"
                 f" RETURNING {rows.EVENT}",
-                (forge, delivery_id, event_type, rows.dumps(dict(headers)), body, now),
+                (forge, delivery_id, event_type, rows.dumps(dict(headers)), body, now, body_digest),
             )
             if row is not None:
                 return rows.event(row), True
-            existing = await tx.one(
-                f"SELECT {rows.EVENT} FROM events WHERE forge = ? AND delivery_id = ?",
-                (forge, delivery_id),
+            existing = await self._same_delivery(tx, forge, delivery_id, body_digest)
+            again = (
+                await self._redelivered(tx, existing.id) if existing.status == "failed" else None
             )
-            assert existing is not None
-            return rows.event(existing), False
+            return (again, True) if again is not None else (existing, False)
 
         return await self._in_tx(tx_body)
+
+    async def _same_delivery(
+        self, tx: Tx, forge: str, delivery_id: str, body_digest: str | None
+    ) -> Event:
+        """The stored event a delivery repeats: same delivery id, or the same signed body."""
+        row = await tx.one(
+            f"SELECT {rows.EVENT} FROM events WHERE forge = ? AND delivery_id = ?",
+            (forge, delivery_id),
+        )
+        if row is None and body_digest is not None:
+            row = await tx.one(
+                f"SELECT {rows.EVENT} FROM events WHERE forge = ? AND body_digest = ?",
+                (forge, body_digest),
+            )
+        assert row is not None
+        return rows.event(row)
+
+    async def _redelivered(self, tx: Tx, event_id: int) -> Event | None:
+        """A failed event delivered again (a forge's "redeliver") is handled again."""
+        row = await tx.one(
+            "UPDATE events SET status = 'pending', error = NULL, lease_owner = NULL,"
+            f" lease_expires_at = NULL WHERE id = ? AND status = 'failed' RETURNING {rows.EVENT}",
+            (event_id,),
+        )
+        return rows.event(row) if row is not None else None
 
     async def claim_events(self, node: str, lease: float, limit: int) -> list[Event]:
         now = self.clock()

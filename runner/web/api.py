@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import uuid
-from collections.abc import Awaitable, Callable, Collection
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from datetime import datetime
 from typing import Any, Literal, cast
 
@@ -20,7 +20,8 @@ from starlette.routing import Route
 
 from runner.approvals import Channel, Identity, NotAllowed, decide
 from runner.dag import control
-from runner.errors import PermanentError
+from runner.errors import PermanentError, TransientError
+from runner.forges.api import ForgeClient, run_authors
 from runner.model import RUN_TRANSITIONS, Bundle, RunRequest, RunStatus, Workflow
 from runner.revisions import BundleLoader
 from runner.spec.inputs import InputsInvalid, resolve_inputs
@@ -105,7 +106,9 @@ class Api:
         *,
         source_names: Collection[str] = (),
         on_requested: Callable[[], None] = lambda: None,
+        clients: Mapping[str, ForgeClient] | None = None,
     ) -> None:
+        self.clients = dict(clients or {})  # forge APIs: who authored a change, for approvals
         self.source_names = frozenset(source_names)
         self.store = store
         self.loader = loader
@@ -356,8 +359,19 @@ class Api:
         comment = body.get("comment", "")
         if not isinstance(comment, str):
             raise ApiError(400, "comment must be a string")
-        if await self.store.get_approval(approval_id) is None:
+        gate = await self.store.get_approval(approval_id)
+        if gate is None:
             raise ApiError(404, f"there is no approval {approval_id}")
+        try:  # who the forge says authored the change, as for a comment
+            authors = await run_authors(
+                await self.store.get_run(gate.run_id), gate.sha, self.clients
+            )
+        except TransientError as exc:
+            raise ApiError(
+                503,
+                f"cannot tell who authored the change ({exc}); try again",
+                headers={"Retry-After": "30"},
+            ) from None
         try:
             outcome = await decide(
                 self.store,
@@ -366,6 +380,7 @@ class Api:
                 decision=verdict,
                 channel=Channel(via="api"),
                 comment=comment,
+                authors=authors,
             )
         except NotAllowed as exc:
             current = await self.store.get_approval(approval_id)

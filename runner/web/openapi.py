@@ -57,7 +57,7 @@ SCHEMAS: dict[str, Any] = {
         {
             "actor": STR,
             "decision": {"enum": ["approve", "reject"]},
-            "via": {"enum": ["cli", "api", "comment", "timeout"]},
+            "via": {"enum": ["cli", "api", "comment", "timeout", "cancel"]},
             "forge": {
                 "type": ["string", "null"],
                 "description": "The configured forge a comment came through (via comment).",

@@ -74,10 +74,12 @@ def test_a_comment_replayed_under_a_new_delivery_id_decides_nothing(svc: Service
     wait_for(lambda: any(r["trigger"]["sha"] == svc.heads[1] for r in svc.waiting(12)))
     (second,) = [r for r in svc.waiting(12) if r["trigger"]["sha"] == svc.heads[1]]
 
+    # a new delivery id, the same signed body: the same delivery, stored once, done nothing
     replay = svc.deliver("github", "issue_comment", approval, delivery="attacker-1")
-    assert replay.status_code == 202  # a new delivery id: stored, then found already acted on
-    wait_for(
-        lambda: svc.metric('runner_comment_commands_total{forge="github",outcome="replayed"} 1.0')
+    assert (replay.status_code, replay.json()["status"]) == (200, "duplicate")
+    assert svc.metric(
+        'runner_webhook_deliveries_total{event="issue_comment",forge="github",result="duplicate"}'
+        " 1.0"
     )
     assert status_of(svc, second) == "pending"
 
