@@ -167,7 +167,7 @@ def run(
         files,
         builtins=builtin_agents(),
         images=image_policy(settings),
-        policy=agent_policy(settings),
+        policy=agent_policy(settings).for_source(local_source(root)),
     )
     console = Console()
     if compiled.errors:

@@ -231,9 +231,8 @@ class PullRequestCheck:
             return None  # the PR changes no workflow, agent manifest or agent program
         prefix = "" if config.path in ("", ".") else config.path.strip("/") + "/"
         files = tree_files(repo, head_tree, prefix) if head_tree is not None else []
-        result = compile_files(
-            files, builtins=builtin_agents(), images=self.images, policy=self.policy
-        )
+        policy = self.policy.for_source(config.name) if self.policy else None
+        result = compile_files(files, builtins=builtin_agents(), images=self.images, policy=policy)
         return list(result.errors), str(head_commit.id), result.bundle, programs
 
     async def _report(self, event: ForgeEvent, verdict: Verdict) -> None:

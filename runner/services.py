@@ -39,6 +39,7 @@ from runner.settings import Settings, known_secrets, secret_values
 from runner.source.git import GitSource, GitSourceConfig
 from runner.source.local import DirectorySource
 from runner.source.reconciler import Reconciler, Source
+from runner.spec.quantity import memory_bytes
 from runner.spec.repo import builtin_agents
 from runner.spec.timing import parse_duration
 from runner.store.base import Store, open_store
@@ -149,6 +150,9 @@ def agent_policy(settings: Settings) -> AgentPolicy:
         grants=settings.secrets,
         network=frozenset(settings.executor.allow_network),
         config=settings.path or "runner.yaml",
+        max_pids=settings.executor.max_pids,
+        max_memory=memory_bytes(settings.executor.max_memory),
+        max_timeout=parse_duration(settings.executor.max_timeout),
     )
 
 

@@ -57,6 +57,10 @@ class ExecutorSettings:
     images: Mapping[str, Any] = field(default_factory=dict)
     breaker: Mapping[str, Any] = field(default_factory=dict)
     allow_network: tuple[str, ...] = ()
+    # ceilings on repo-local agents' requests: the manifest is the untrusted side
+    max_pids: int = 1024
+    max_memory: str = "8Gi"
+    max_timeout: str = "6h"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -136,6 +140,16 @@ def known_secrets(settings: Settings) -> list[str]:
 _OWN_VARIABLES = ("PGPASSWORD", "PGPASSFILE", "PGSERVICEFILE", "PGSSLKEY")
 # Names of the agent protocol's own variables, and a prefix the runner keeps for itself.
 _PROTOCOL_PREFIX = "RUNNER_"
+# What the runner sets in every agent's environment: a secret may not take these names.
+_PROCESS_NAMES = frozenset(
+    {"PATH", "HOME", "TMPDIR", "LANG", "TZ", "SSL_CERT_FILE", "SSL_CERT_DIR", "SHELL", "USER"}
+)
+
+
+def _inside_system(path: Path) -> bool:
+    return any(
+        path == Path(root) or Path(root) in path.parents for root in ("/proc", "/sys", "/dev")
+    )
 
 
 def _own_credentials(data: Mapping[str, Any], file: Path | None) -> tuple[dict[str, str], set[str]]:
@@ -225,7 +239,15 @@ def _grants(
                     " to agents: give the agent a credential of its own, in another variable",
                 )
             )
-        if isinstance(path, str) and str(Path(path).resolve()) in files:
+        if isinstance(path, str) and _inside_system(Path(path).resolve()):
+            problems.append(
+                (
+                    [*here, "file"],
+                    f"{path} is under /proc, /sys or /dev, which hold the runner's own state"
+                    " (its environment, its memory): give the value in a file of its own",
+                )
+            )
+        elif isinstance(path, str) and str(Path(path).resolve()) in files:
             problems.append(
                 (
                     [*here, "file"],
@@ -233,7 +255,16 @@ def _grants(
                     " to agents: give the agent a credential of its own, in another file",
                 )
             )
-        if str(entry.get("name", "")).startswith(_PROTOCOL_PREFIX):
+        name_given = str(entry.get("name", ""))
+        if name_given in _PROCESS_NAMES or name_given.startswith(("LD_", "PYTHON", "LC_")):
+            problems.append(
+                (
+                    [*here, "name"],
+                    f"{name_given} is set by the runner for every agent's process (or changes"
+                    " how programs load): pick another name for the secret",
+                )
+            )
+        if name_given.startswith(_PROTOCOL_PREFIX):
             problems.append(
                 (
                     [*here, "name"],
@@ -243,7 +274,11 @@ def _grants(
             )
         errors += [document.error(parts, message) for parts, message in problems]
         line = document.position(here)[0]
-        agents, workflows = entry.get("agents"), entry.get("workflows")
+        agents, workflows, sources = (
+            entry.get("agents"),
+            entry.get("workflows"),
+            entry.get("sources"),
+        )
         grants.append(
             Grant(
                 name=str(entry["name"]),
@@ -251,6 +286,7 @@ def _grants(
                 file=path,
                 agents=frozenset(agents) if agents is not None else None,
                 workflows=frozenset(workflows) if workflows is not None else None,
+                sources=frozenset(sources) if sources is not None else None,
                 where=f"{name}:{line} (secrets[{i}])",
             )
         )

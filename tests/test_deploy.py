@@ -872,6 +872,8 @@ SAMPLES = {
     "rate_limits.reads": "7/minute",
     "rate_limits.allow": "10.9.0.0/16",
     "executor.allow_network": "deployer",
+    "executor.max_memory": "4Gi",
+    "executor.max_timeout": "2h",
 }
 
 

@@ -10,6 +10,7 @@ recorded step: finished steps are kept, an interrupted step runs again.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import logging
@@ -38,8 +39,10 @@ from runner.model import (
 )
 from runner.reporting import Reporter
 from runner.revisions import BundleLoader
+from runner.secrets.grants import AgentPolicy
 from runner.secrets.store import Granted, SecretStore
 from runner.spec.expr import EvaluationError, evaluate, render
+from runner.spec.quantity import memory_bytes
 from runner.store.base import Store
 from runner.workspace import Workspaces, WorkspaceUnavailable
 
@@ -449,7 +452,7 @@ class _Execution:
         store = self.engine.options.secrets
         if store is None:
             return Granted(), ()
-        granted = store.for_step(agent, self.workflow.name)
+        granted = store.for_step(agent, self.workflow.name, self.run.source)
         network = store.network_problem(agent)
         for note in granted.notes:
             await self._log(step.id, f"[runner] {note}\n")
@@ -489,10 +492,12 @@ class _Execution:
                 run_id=self.run.id,
                 step_id=step.id,
                 attempt=attempt,
-                agent=agent,
+                agent=self._bounded(agent),
                 inputs=go.inputs,
                 workspace=self.workspace,
-                timeout=step.timeout or agent.timeout or self.engine.options.default_timeout,
+                timeout=self._timeout(
+                    agent, step.timeout or agent.timeout or self.engine.options.default_timeout
+                ),
                 secrets=granted.values,
                 masked=masked,
                 env={"RUNNER_TRIGGER": json.dumps(dict(self.run.trigger))},
@@ -518,6 +523,31 @@ class _Execution:
                 await asyncio.sleep(delay)
         assert result is not None
         await self._set(step, "failed", error=result.error, finished_at=self.engine.clock())
+
+    def _policy(self, agent: Agent) -> AgentPolicy | None:
+        """The ceilings a repo-local agent runs under (the configuration's, now): a revision
+        applied under laxer ones asks for no more than they allow."""
+        store = self.engine.options.secrets
+        return None if agent.builtin or store is None else store.policy
+
+    def _bounded(self, agent: Agent) -> Agent:
+        policy = self._policy(agent)
+        if policy is None:
+            return agent
+        changes: dict[str, Any] = {}
+        if policy.max_pids is not None and (agent.pids or 0) > policy.max_pids:
+            changes["pids"] = policy.max_pids
+        if policy.max_memory is not None and agent.memory:
+            with contextlib.suppress(ValueError, KeyError):
+                if memory_bytes(agent.memory) > policy.max_memory:
+                    changes["memory"] = str(policy.max_memory)
+        return replace(agent, **changes) if changes else agent
+
+    def _timeout(self, agent: Agent, timeout: float) -> float:
+        policy = self._policy(agent)
+        if policy is None or policy.max_timeout is None:
+            return timeout
+        return min(timeout, policy.max_timeout)
 
     def _sink(self, step_id: str) -> Callable[[bytes], Any]:
         async def sink(data: bytes) -> None:

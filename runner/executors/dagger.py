@@ -61,7 +61,7 @@ from runner.executors.base import (
     read_outputs,
 )
 from runner.executors.images import ImagePolicy, image_problems, parse_image
-from runner.executors.local import memory_bytes
+from runner.spec.quantity import memory_bytes
 from runner.workspace import borrowed_objects
 
 log = logging.getLogger(__name__)

@@ -44,21 +44,11 @@ from runner.executors.base import (
     read_outputs,
 )
 from runner.executors.sandbox import find_bwrap, probe, sandbox_args, write_identity
+from runner.spec.quantity import memory_bytes
 from runner.workspace import borrowed_objects
 
 ENV_ALLOWLIST = ("PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "SSL_CERT_FILE", "SSL_CERT_DIR")
-DEFAULT_MEMORY = 2 * 1024**3
-_UNITS = {"": 1, "K": 1000, "M": 1000**2, "G": 1000**3, "T": 1000**4}
-_UNITS |= {"Ki": 1024, "Mi": 1024**2, "Gi": 1024**3, "Ti": 1024**4}
 _PR_SET_PDEATHSIG = 1
-
-
-def memory_bytes(text: str | None) -> int:
-    """Bytes in a Kubernetes-style size (`512Mi`, `1G`); the default when unset."""
-    if not text:
-        return DEFAULT_MEMORY
-    digits = text.rstrip("KMGTi")
-    return int(digits) * _UNITS[text[len(digits) :]]
 
 
 @cache

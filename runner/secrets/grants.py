@@ -11,7 +11,7 @@ are read by `runner.secrets.store`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 ANY = "*"  # in `executor.allow_network`: every agent
 
@@ -27,6 +27,7 @@ class Grant:
     file: str | None = None
     agents: frozenset[str] | None = None
     workflows: frozenset[str] | None = None
+    sources: frozenset[str] | None = None  # the workflows repos whose agents it is for
     where: str = "the configuration"  # e.g. runner.yaml:14, for messages
 
     def covers(self, agent: str, workflow: str | None = None) -> bool:
@@ -52,6 +53,39 @@ class AgentPolicy:
     grants: tuple[Grant, ...] = ()
     network: frozenset[str] = field(default_factory=frozenset)
     config: str = "runner.yaml"
+    # ceilings on what a repo-local agent may ask for (None: no ceiling)
+    max_pids: int | None = None
+    max_memory: int | None = None  # bytes
+    max_timeout: float | None = None  # seconds
+
+    def for_source(self, source: str) -> AgentPolicy:
+        """The policy for the agents of workflows repo `source`: grants naming other sources
+        are not theirs (an agent of another repository with the same name gets nothing)."""
+        mine = tuple(g for g in self.grants if g.sources is None or source in g.sources)
+        return replace(self, grants=mine)
+
+    def limit_problems(
+        self, pids: int | None, memory: int | None, timeout: float | None
+    ) -> list[tuple[str, str]]:
+        """(field, why) for each resource a repo-local agent asks for beyond the ceilings."""
+        found = []
+        if pids is not None and self.max_pids is not None and pids > self.max_pids:
+            found.append(("pids", f"{pids} processes is over executor.max_pids ({self.max_pids})"))
+        if memory is not None and self.max_memory is not None and memory > self.max_memory:
+            found.append(
+                ("memory", f"{memory} bytes is over executor.max_memory ({self.max_memory} bytes)")
+            )
+        if timeout is not None and self.max_timeout is not None and timeout > self.max_timeout:
+            found.append(
+                (
+                    "timeout",
+                    f"{timeout:g}s is over executor.max_timeout ({self.max_timeout:g}s)",
+                )
+            )
+        return [
+            (name, f"{why}: ask for less, or raise the ceiling in {self.config}")
+            for name, why in found
+        ]
 
     def grant_for(self, agent: str, workflow: str, name: str) -> Grant | None:
         """The first entry giving secret `name` to `agent` in `workflow`, or None."""

@@ -61,12 +61,17 @@ class SecretStore:
                 raise SecretUnavailable(
                     f"secret {grant.name} ({grant.where}) cannot be read from {grant.file}: {exc}"
                 ) from None
+        if "\0" in value:
+            raise SecretUnavailable(
+                f"secret {grant.name} ({grant.where}) holds a NUL byte, which no environment"
+                " variable can: it is refused"
+            )
         if len(value) < MIN_LENGTH:
             raise SecretUnavailable(
                 f"secret {grant.name} ({grant.where}) is shorter than {MIN_LENGTH} characters,"
                 " too short to be masked in logs: it is refused"
             )
-        if value in self.reserved:
+        if any(own in value for own in self.reserved if len(own) >= MIN_LENGTH):
             raise SecretUnavailable(
                 f"secret {grant.name} ({grant.where}) holds one of the runner's own credentials"
                 " (a forge token, webhook secret, API token or git credential), which is never"
@@ -74,15 +79,17 @@ class SecretStore:
             )
         return value
 
-    def for_step(self, agent: Agent, workflow: str) -> Granted:
-        """The secrets `agent` gets in a step of `workflow`: those it asks for that a grant
-        covers. A repo-local agent's request without a grant is a problem (the configuration
-        changed since its revision was applied); a built-in agent's is a note."""
+    def for_step(self, agent: Agent, workflow: str, source: str | None = None) -> Granted:
+        """The secrets `agent` gets in a step of `workflow` (of workflows repo `source`): those
+        it asks for that a grant covers. A repo-local agent's request without a grant is a
+        problem (the configuration changed since its revision was applied); a built-in
+        agent's is a note."""
         values: dict[str, str] = {}
         notes: list[str] = []
         problems: list[str] = []
+        policy = self.policy if source is None else self.policy.for_source(source)
         for name in agent.secrets:
-            grant = self.policy.grant_for(agent.name, workflow, name)
+            grant = policy.grant_for(agent.name, workflow, name)
             if grant is None:
                 if agent.builtin:
                     notes.append(
@@ -91,9 +98,9 @@ class SecretStore:
                         f" {self.policy.config})"
                     )
                 else:
-                    why = self.policy.step_problem(agent.name, workflow, name)
+                    why = policy.step_problem(agent.name, workflow, name)
                     problems.append(
-                        why or self.policy.request_problem(agent.name, name) or "not granted"
+                        why or policy.request_problem(agent.name, name) or "not granted"
                     )
                 continue
             try:

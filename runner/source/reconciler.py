@@ -245,7 +245,11 @@ class Reconciler:
         compiler = (
             kept.compiler
             if kept is not None
-            else Compiler(builtin_agents(), self.images, self.policy)
+            else Compiler(
+                builtin_agents(),
+                self.images,
+                self.policy.for_source(self.source.name) if self.policy else None,
+            )
         )
         changes: Changes | None = None
         if kept is not None:

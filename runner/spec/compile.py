@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from runner.errors import SpecError
-from runner.executors.images import ImagePolicy, image_problems
+from runner.executors.images import ImagePolicy
 from runner.model import (
     Agent,
     ApprovalPolicy,
@@ -35,6 +35,7 @@ from runner.model import (
 )
 from runner.secrets.grants import AgentPolicy
 from runner.spec import expr as cel
+from runner.spec.admission import agent_problems, step_problems
 from runner.spec.schema import check_schema, compile_schema, translate, validate_document
 from runner.spec.timing import check_cron, parse_duration, zone
 from runner.spec.yaml import Document, load_bytes
@@ -171,17 +172,7 @@ def _agent(
         network=spec.get("network") is True,
         secrets=tuple(s for s in spec.get("secrets") or () if isinstance(s, str)),
     )
-    if isinstance(spec.get("image"), str):  # a valid reference, from an allowed registry
-        errors += [doc.error(["spec", "image"], p) for p in image_problems(spec["image"], images)]
-    if policy is not None:  # what this repo-local agent asks for, the configuration must grant
-        requested = spec.get("secrets")
-        for i, secret in enumerate(requested if isinstance(requested, list) else []):
-            problem = policy.request_problem(name, secret) if isinstance(secret, str) else None
-            if problem:
-                errors.append(doc.error(["spec", "secrets", i], problem))
-        problem = policy.network_problem(name) if agent.network else None
-        if problem:
-            errors.append(doc.error(["spec", "network"], problem))
+    errors += agent_problems(doc, agent, spec, images, policy)
     return agent, errors
 
 
@@ -359,8 +350,10 @@ class _WorkflowChecker:
                     or "; an agent is built in or lives in agents/<name>/agent.yaml"
                 ),
             )
-        if agent is not None and not agent.builtin and self.policy is not None:
-            self._grants([*here, "agent"], agent, self.policy)
+        workflow = _get(self.doc.data, "metadata", "name")
+        if agent is not None and not agent.builtin and self.policy and isinstance(workflow, str):
+            timeout = _duration(step.get("timeout"))
+            self.errors += step_problems(self.doc, here, workflow, agent, timeout, self.policy)
         with_ = step.get("with")
         if isinstance(with_, dict):
             self._with([*here, "with"], with_, agent, sid=sid, upstream=upstream)
@@ -369,16 +362,6 @@ class _WorkflowChecker:
             self._approval([*here, "approval"], approval)
         if _duration(step.get("timeout")) == 0:
             self.error([*here, "timeout"], "a timeout must be longer than 0s")
-
-    def _grants(self, parts: list[str | int], agent: Agent, policy: AgentPolicy) -> None:
-        """A repo-local agent's secrets granted only in some workflows: this one must be one."""
-        workflow = _get(self.doc.data, "metadata", "name")
-        if not isinstance(workflow, str):
-            return
-        for secret in agent.secrets:
-            problem = policy.step_problem(agent.name, workflow, secret)
-            if problem:
-                self.error(parts, f"step runs agent {agent.name!r}: {problem}")
 
     def _with(
         self,

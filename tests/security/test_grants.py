@@ -140,6 +140,8 @@ def test_an_agent_asking_for_the_runners_credentials_is_refused_at_its_lines(
         ("{name: STOLEN, file: runner.yaml}", "secrets/0/file", "own credentials or state"),
         ("{name: STOLEN, file: runner.db}", "secrets/0/file", "own credentials or state"),
         ("{name: RUNNER_INPUT, env: X}", "secrets/0/name", "are the runner's own"),
+        ("{name: PATH, env: X}", "secrets/0/name", "set by the runner for every agent"),
+        ("{name: STOLEN, file: /proc/self/environ}", "secrets/0/file", "under /proc"),
         ("{name: STOLEN}", "secrets/0", "env: VARIABLE or file: PATH"),
     ],
 )
@@ -189,7 +191,12 @@ def test_a_granted_secret_reaches_its_agent_and_only_where_granted(
     [
         ("abc", "shorter than 4 characters"),
         (OWN["GH_TOKEN"], "holds one of the runner's own credentials"),
+        (
+            f"https://x-access-token:{OWN['GH_TOKEN']}@github.example/acme/app.git",
+            "own credentials",
+        ),
     ],
+    ids=["short", "the forge token", "the forge token inside"],
 )
 def test_a_granted_value_too_short_or_the_runners_own_is_refused_when_the_step_starts(
     tmp_path: Path, home: Path, value: str, says: str
@@ -207,3 +214,61 @@ def test_a_granted_value_too_short_or_the_runners_own_is_refused_when_the_step_s
     log = runner(home, "logs", "1", "go").stdout
     assert "not started" in log
     assert value not in log or len(value) < 4
+
+
+CEILING = """\
+apiVersion: runner/v1
+kind: Agent
+metadata: {name: greedy}
+spec:
+  command: [python, main.py]
+  timeout: 48h
+  resources: {pids: 100000, memory: 1000Ti}
+"""
+
+
+def test_an_agent_cannot_raise_its_own_limits_past_the_operators_ceilings(
+    tmp_path: Path, home: Path
+) -> None:
+    repo = workflows_repo(tmp_path, {"greedy": (CEILING, REPORT)}, {"hog": "greedy"})
+    (home / "runner.yaml").write_text("executor: {max_pids: 512, max_memory: 2Gi}\n")
+    checked = runner(home, "validate", str(repo), "--config", "runner.yaml")
+    assert checked.returncode == 1
+    errors = checked.stdout
+    assert "agents/greedy/agent.yaml:6:" in errors  # timeout, over the 6h default
+    assert "100000 processes is over executor.max_pids (512)" in errors
+    assert "over executor.max_memory" in errors
+    assert "172800s is over executor.max_timeout (21600s)" in errors
+
+
+TWO = """\
+apiVersion: runner/v1
+kind: Agent
+metadata: {name: deployer}
+spec:
+  command: [python, main.py]
+  secrets: [DEPLOY_TOKEN]
+"""
+
+
+def test_a_grant_for_one_sources_agent_is_not_another_sources(tmp_path: Path, home: Path) -> None:
+    """Two workflows repos each hold an agent named `deployer`; the grant names the first
+    source. The second repository's agent of the same name gets nothing."""
+    repos = {}
+    for name in ("ours", "theirs"):
+        repo = workflows_repo(tmp_path / name, {"deployer": (TWO, REPORT)}, {"deploy": "deployer"})
+        git(repo, "init", "-q", "-b", "main")
+        git(repo, "add", "-A")
+        git(repo, "commit", "-q", "-m", name)
+        repos[name] = repo
+    (home / "runner.yaml").write_text(
+        "sources:\n"
+        + "".join(f"  - {{name: {n}, url: '{r}', branch: main}}\n" for n, r in repos.items())
+        + "secrets: [{name: DEPLOY_TOKEN, env: DEPLOY, agents: [deployer], sources: [ours]}]\n"
+    )
+    runner(home, "reconcile", "--once", env={"DEPLOY": DEPLOY})
+    statuses = {s["name"]: s for s in json.loads(runner(home, "sources", "-o", "json").stdout)}
+    assert statuses["ours"]["applied_revision"] is not None
+    assert statuses["theirs"]["applied_revision"] is None
+    (error,) = statuses["theirs"]["errors"]
+    assert "asks for secret 'DEPLOY_TOKEN'" in error["message"]
