@@ -137,6 +137,7 @@ def _step_json(agent: AgentChange, step: StepReach) -> dict[str, Any]:
         "secrets": list(step.secrets),
         "network": step.network,
         "ungated": step.ungated,
+        "weakened": list(step.weakened),
         "text": step_text(step, printable),
     }
 

@@ -70,6 +70,9 @@ class StepReach:
     secrets: tuple[str, ...] = ()
     network: bool = False
     ungated: bool = False
+    # how its approval gate got weaker (fewer approvals, more approvers, authors allowed, or
+    # a timeout that approves by itself), each in words
+    weakened: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -188,7 +191,8 @@ def _step_reach(new: Bundle, old: Bundle) -> dict[str, list[StepReach]]:
                 secrets = tuple(sorted(set(agent.secrets) - set(had.secrets if had else ())))
                 network = agent.network and not (had is not None and had.network)
             ungated = prior is not None and prior.approval is not None and step.approval is None
-            if secrets or network or ungated:
+            weakened = _weaker_gate(prior.approval if prior else None, step.approval)
+            if secrets or network or ungated or weakened:
                 found.setdefault(step.agent, []).append(
                     StepReach(
                         workflow=workflow.name,
@@ -197,9 +201,46 @@ def _step_reach(new: Bundle, old: Bundle) -> dict[str, list[StepReach]]:
                         secrets=secrets,
                         network=network,
                         ungated=ungated,
+                        weakened=weakened,
                     )
                 )
     return found
+
+
+def _seconds(value: float) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if value >= size and value % size == 0:
+            return f"{int(value // size)}{unit}"
+    return f"{value:g}s"
+
+
+def _weaker_gate(old: ApprovalPolicy | None, new: ApprovalPolicy | None) -> tuple[str, ...]:
+    """How gate `new` asks less than `old` (or, for a new gate, what lets it open by itself)."""
+    if new is None:
+        return ()
+    found = []
+    if old is not None:
+        if new.required < old.required:
+            found.append(f"approvals required: {old.required} → {new.required}")
+        if old.approvers and not new.approvers:
+            found.append("approvers: the listed ones → anyone with write access")
+        added = sorted(set(new.approvers) - set(old.approvers)) if old.approvers else []
+        if added:
+            found.append("approvers added: " + ", ".join(added))
+        if new.allow_author and not old.allow_author:
+            found.append("the change's authors may now approve it")
+    self_opening = new.on_timeout == "approve" and new.timeout is not None
+    was_self_opening = (
+        old is not None
+        and old.on_timeout == "approve"
+        and old.timeout is not None
+        and new.timeout is not None
+        and old.timeout <= new.timeout
+    )
+    if self_opening and not was_self_opening:
+        assert new.timeout is not None
+        found.append(f"approves itself after {_seconds(new.timeout)} (on_timeout: approve)")
+    return tuple(found)
 
 
 def _agent_changes(new: Bundle, old: Bundle, programs: frozenset[str]) -> list[AgentChange]:

@@ -63,6 +63,7 @@ def step_text(step: StepReach, code: Code) -> str:
     details = [f"secret{'s' if len(step.secrets) > 1 else ''} {named}"] if step.secrets else []
     details += ["network access"] if step.network else []
     details += ["no longer waits for approval"] if step.ungated else []
+    details += [f"its approval gate is weaker: {w}" for w in step.weakened]
     return f"{head}: {', '.join(details)}"
 
 

@@ -313,3 +313,41 @@ def test_markdown_code_keeps_names_inside_one_code_span(text: str, rendered: str
 def test_agent_change_grants_only_when_something_widens() -> None:
     calm = AgentChange(name="x", file="f", action="changed", narrowed=(secret("A", widens=False),))
     assert not calm.grants
+
+
+GATE_CASES = [
+    # (case, old policy, new policy, the words expected)
+    ("fewer approvals", ApprovalPolicy(required=2), ApprovalPolicy(required=1),
+     ["approvals required: 2 → 1"]),
+    ("anyone may approve", ApprovalPolicy(approvers=("alice",)), ApprovalPolicy(),
+     ["approvers: the listed ones → anyone with write access"]),
+    ("approvers added", ApprovalPolicy(approvers=("alice",)),
+     ApprovalPolicy(approvers=("alice", "bob")), ["approvers added: bob"]),
+    ("authors allowed", ApprovalPolicy(), ApprovalPolicy(allow_author=True),
+     ["the change's authors may now approve it"]),
+    ("approves itself", ApprovalPolicy(), ApprovalPolicy(timeout=1.0, on_timeout="approve"),
+     ["approves itself after 1s (on_timeout: approve)"]),
+    ("approves itself sooner", ApprovalPolicy(timeout=3600.0, on_timeout="approve"),
+     ApprovalPolicy(timeout=60.0, on_timeout="approve"),
+     ["approves itself after 1m (on_timeout: approve)"]),
+    ("stricter is not shown", ApprovalPolicy(required=1), ApprovalPolicy(required=2), []),
+    ("rejects on timeout", ApprovalPolicy(), ApprovalPolicy(timeout=60.0), []),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("case", "old", "new", "words"), GATE_CASES, ids=[c[0] for c in GATE_CASES]
+)
+def test_a_weaker_approval_gate_is_shown_as_a_grant(
+    case: str, old: ApprovalPolicy, new: ApprovalPolicy, words: list[str]
+) -> None:
+    deployer = agent(**GATED)
+    before = bundle(
+        deployer, workflows=(workflow(Step(id="ship", agent="deployer", approval=old)),)
+    )
+    after = bundle(deployer, workflows=(workflow(Step(id="ship", agent="deployer", approval=new)),))
+    plan = make_plan(after, before, now=NOW)
+    steps = [s for a in plan.agents for s in a.steps]
+    assert [w for s in steps for w in s.weakened] == words
+    for line in grant_lines(plan, markdown_code):
+        assert "step `deploy/ship`: its approval gate is weaker:" in line
