@@ -57,15 +57,16 @@ class NotAllowed(PermanentError):
 
 
 def check_policy(
-    policy: ApprovalPolicy, who: Identity, *, authors: Iterable[str] = ()
+    policy: ApprovalPolicy, who: Identity, *, authors: Mapping[str, str] | None = None
 ) -> str | None:
-    """Why `who` may not decide under `policy`, or None when they may. Names compare without
-    case, as the forges treat logins."""
+    """Why `who` may not decide under `policy`, or None when they may. `authors` maps each
+    author's name to how they are one; names compare without case, as forges treat logins."""
     name = who.name.casefold()
-    if not policy.allow_author and name in {a.casefold() for a in authors if a}:
+    by_name = {a.casefold(): why for a, why in (authors or {}).items() if a}
+    if not policy.allow_author and name in by_name:
         return (
-            f"{who.name} is an author of this change (started the run, opened the pull request "
-            "or pushed its head), and the policy does not allow authors to approve"
+            f"{who.name} is an author of this change ({by_name[name]}), and the policy does not"
+            " allow authors to approve"
         )
     if not policy.approvers:
         return None if who.can_write else f"{who.name} has no write access to the repository"
@@ -96,19 +97,25 @@ class Channel:
     url: str | None = None
 
 
-async def authors_of(store: Store, run: Run | None, sha: str | None) -> set[str]:
-    """Who counts as an author of the change a gate is for, from what the runner recorded:
-    whoever started the run, the pull request's author, and whoever pushed commit `sha` to the
-    repository (a push delivery, or a pull request opened or updated with it as head)."""
+async def authors_of(store: Store, run: Run | None, sha: str | None) -> dict[str, str]:
+    """Who counts as an author of the change a gate is for, from what the runner recorded, and
+    how: whoever started the run, the pull request's author, and whoever pushed commit `sha` to
+    the repository (a push delivery, or a pull request opened or updated with it as head)."""
     if run is None:
-        return set()
+        return {}
     trigger = run.trigger
-    pull = trigger.get("pull_request") or {}
-    found = {str(trigger.get("actor") or ""), str(pull.get("author") or "")}
+    found: dict[str, str] = {}
     forge, repository = trigger.get("forge"), trigger.get("repository")
     if forge and repository and sha:  # whoever pushed that commit, before or after the PR
-        found |= await store.pushers(str(forge), str(repository), sha)
-    return {name for name in found if name}
+        for pusher in await store.pushers(str(forge), str(repository), sha):
+            found[pusher] = f"pushed {sha[:12]}"
+    author = str((trigger.get("pull_request") or {}).get("author") or "")
+    if author:
+        found[author] = "opened the pull request"
+    actor = str(trigger.get("actor") or "")
+    if actor:
+        found[actor] = "started the run"
+    return found
 
 
 async def _refusal(
@@ -138,7 +145,8 @@ async def _refusal(
     if run is None or run.status in FINISHED:
         state = run.status if run is not None else "gone"
         return f"run {approval.run_id} is {state}: nothing waits for this decision"
-    everyone = await authors_of(store, run, approval.sha) | set(authors)
+    named = "as the forge says: opened the pull request or authored its head commit"
+    everyone = {name: named for name in authors} | await authors_of(store, run, approval.sha)
     return check_policy(approval.policy, who, authors=everyone)
 
 

@@ -21,7 +21,7 @@ from runner import __version__
 from runner.cli_common import config_option, output_option
 from runner.errors import SpecError, TransientError, UsageError
 from runner.model import Bundle
-from runner.settings import Settings, load_settings
+from runner.settings import DEFAULT_FILE, Settings, load_settings
 from runner.spec.compile import compile_files
 from runner.spec.plan import AgentChange, Plan, Reach, StepReach, make_plan
 from runner.spec.plan_text import (
@@ -71,9 +71,10 @@ def cli() -> None:
     "--config",
     "config_path",
     metavar="FILE",
-    help="Also check against this runner configuration, as its reconciler would: secrets "
-    "agents ask for must be granted (secrets:), network allowed (executor.allow_network), "
-    "images allowed (executor.images).",
+    help="Check against this runner configuration, as its reconciler would: secrets agents "
+    "ask for must be granted (secrets:), network allowed (executor.allow_network), limits "
+    "within the ceilings, images allowed (executor.images). Default: $RUNNER_CONFIG, or "
+    "./runner.yaml when it exists; without one, only the documents themselves are checked.",
 )
 @output_option
 @_usage_errors
@@ -82,12 +83,15 @@ def validate(paths: tuple[str, ...], config_path: str | None, output: str) -> No
 
     Every error is printed as path:line:col: message [JSON pointer]. Exit 1 when there is any.
     """
-    if config_path is None:
+    found = config_path or os.environ.get("RUNNER_CONFIG") or None
+    if found is None and Path(DEFAULT_FILE).is_file():
+        found = DEFAULT_FILE
+    if found is None:
         result = load_paths(paths)
     else:
         from runner.services import agent_policy, image_policy
 
-        settings = load_settings(config_path)
+        settings = load_settings(found)
         result = load_paths(paths, images=image_policy(settings), policy=agent_policy(settings))
     if output == "json":
         click.echo(json.dumps([e.as_dict() for e in result.errors], indent=2))
@@ -99,8 +103,14 @@ def validate(paths: tuple[str, ...], config_path: str | None, output: str) -> No
         err.print(f"[red]{len(result.errors)} error(s) in {files} file(s)[/red]", highlight=False)
         sys.exit(1)
     local = sum(1 for a in result.bundle.agents.values() if not a.builtin)
+    against = (
+        f"checked against {found}"
+        if found
+        else "secrets, network and limits not checked: no configuration (use --config)"
+    )
     err.print(
-        f"[green]valid:[/green] {len(result.bundle.workflows)} workflow(s), {local} repo agent(s)",
+        f"[green]valid:[/green] {len(result.bundle.workflows)} workflow(s), {local} repo agent(s)"
+        f" ({escape(against)})",
         highlight=False,
         soft_wrap=True,
     )
@@ -309,7 +319,7 @@ def plan(path: str, against: str | None, output: str) -> None:
 
 @cli.group()
 def db() -> None:
-    """The database: schema migrations."""
+    """The database: schema migrations and retention."""
 
 
 @db.command()

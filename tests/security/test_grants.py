@@ -121,13 +121,17 @@ def test_an_agent_asking_for_the_runners_credentials_is_refused_at_its_lines(
         )
         assert f"add {{name: {name}, env: {name}, agents: [thief]}} under secrets:" in message
 
-    # `runner validate --config` says the same before anything is pushed; without it, the
-    # repository is only checked on its own.
+    # `runner validate` says the same before anything is pushed (with --config, or the
+    # ./runner.yaml it finds); without a configuration, the repository is checked on its own
+    # and the summary says what was not checked.
     checked = runner(home, "validate", str(repo), "--config", "runner.yaml")
     assert checked.returncode == 1
     assert "agents/thief/agent.yaml:7:" in checked.stdout
     assert "asks for secret 'OPS_TOKEN'" in checked.stdout
-    assert runner(home, "validate", str(repo)).returncode == 0
+    assert runner(home, "validate", str(repo)).stdout == checked.stdout
+    alone = runner(tmp_path, "validate", str(repo))
+    assert alone.returncode == 0
+    assert "secrets, network and limits not checked: no configuration" in alone.stderr
 
 
 @pytest.mark.parametrize(
