@@ -1,6 +1,7 @@
 """Keeping secret values out of logs, outputs and the database: every form a value may take
 when a program prints it (its literal, base64, hex, URL- and JSON-escaped text, the lines of a
-multi-line value) is replaced with `***`.
+multi-line value) is replaced with `***`, and so is a number in an output whose digits show one
+of them.
 
 An agent that wants to leak a secret it was given can always find an encoding not listed here
 (a reversed string, one character per line): masking stops the accidents and the obvious
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
@@ -181,8 +183,17 @@ def mask_text(text: str, pattern: re.Pattern[str] | None) -> str:
 
 
 def mask_value(value: Any, secrets: Mapping[str, str]) -> Any:
-    """`value` (JSON) with every form of the secret values masked in every string, keys too."""
+    """`value` (JSON) with every form of the secret values masked in every string, keys too,
+    and every number whose digits show a form (`{"pin": 8675309123}`) replaced with `***`."""
     return _masked(value, text_pattern(secrets.values()))
+
+
+def _number_texts(number: int | float) -> Iterator[str]:
+    """The texts a JSON number is written as: `8675309123`, `8675309123.0`, and also in
+    positional notation a float that Python writes with an exponent (`1e+16`)."""
+    yield repr(number)
+    if isinstance(number, float) and math.isfinite(number):
+        yield f"{number:f}"
 
 
 def _masked(value: Any, pattern: re.Pattern[str] | None) -> Any:
@@ -190,6 +201,12 @@ def _masked(value: Any, pattern: re.Pattern[str] | None) -> Any:
         return value
     if isinstance(value, str):
         return mask_text(value, pattern)
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        # A number cannot hold `***` in place of some digits: a number showing a form is
+        # replaced whole, as the string "***" (the form inside a longer number too).
+        if any(pattern.search(text) for text in _number_texts(value)):
+            return REPLACEMENT
+        return value
     if isinstance(value, dict):
         return {mask_text(k, pattern): _masked(v, pattern) for k, v in value.items()}
     if isinstance(value, list):

@@ -1,5 +1,6 @@
 """Masking of secret values in every form a program may print them: base64 at any alignment,
-hex, URL and JSON escapes, the lines of a multi-line value; in a stream cut anywhere."""
+hex, URL and JSON escapes, the lines of a multi-line value, a JSON number; in a stream cut
+anywhere."""
 
 from __future__ import annotations
 
@@ -153,3 +154,43 @@ def test_a_value_with_bytes_that_are_not_utf8_is_masked_as_those_bytes() -> None
     assert masker.mask(b"[\xffraw-\xfe-bytes]") == b"[***]"
     assert masker.mask(b"[" + b"\xffraw-\xfe-bytes".hex().encode() + b"]") == b"[***]"
     assert masked("[\ud800lone-surrogate]", "\ud800lone-surrogate") == "[***]"
+
+
+@pytest.mark.parametrize(
+    ("number", "masked"),
+    [  # (the number as the agent writes it in its JSON output, whether it is masked)
+        ("8675309123", True),  # the value written as a JSON number
+        ("8675309123.0", True),
+        ("8.675309123e9", True),  # with an exponent: the same number
+        ("-8675309123", True),
+        ("186753091234", True),  # inside a longer number, as inside a longer string
+        ("3.14159265", True),
+        ("1e16", True),  # Python writes it `1e+16`: masked by its positional digits
+        ("61626364", True),  # the hex form of "abcd", all digits
+        ("8675309", False),  # a part of a value shorter than the value's forms
+        ("42", False),
+        ("0.5", False),
+        ("true", False),  # not a number, although Python's bool is an int
+        ("null", False),
+    ],
+)
+def test_numbers_whose_digits_show_a_form_are_masked(number: str, masked: bool) -> None:
+    secrets = {"PIN": "8675309123", "PI": "3.14159265", "BIG": "10000000000000000", "A": "abcd"}
+    value = json.loads(number)
+    expected = "***" if masked else value
+    document = json.loads(f'{{"n": {number}, "list": [{number}], "deep": {{"n": {number}}}}}')
+    assert mask_value(document, secrets) == {
+        "n": expected,
+        "list": [expected],
+        "deep": {"n": expected},
+    }
+    assert mask_value(document, {}) == document
+
+
+def test_a_secret_that_is_all_digits_is_masked_as_string_number_and_key() -> None:
+    document = json.loads('{"pin": 8675309123, "as text": "8675309123", "8675309123": 1.5}')
+    assert mask_value(document, {"PIN": "8675309123"}) == {
+        "pin": "***",
+        "as text": "***",
+        "***": 1.5,
+    }
