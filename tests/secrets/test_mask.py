@@ -307,17 +307,13 @@ def test_a_wrapped_encoding_of_a_longer_stream_at_every_alignment_and_line_break
 
 @pytest.mark.parametrize("secret", [LONG_TOKEN, LONG_KEY], ids=["token", "pem"])
 def test_the_value_alone_wrapped_by_encodebytes_is_masked_line_by_line(secret: str) -> None:
-    for encode in (base64.encodebytes, lambda raw: base64.encodebytes(raw).upper()):
-        text = encode(secret.encode()).decode()  # 76 a line, as coreutils `base64` writes
-        if text != text.upper():
-            assert set(mask_text(text, pattern_of(secret)).splitlines()) == {"***"}
-        crlf = text.replace("\n", "\r\n")  # MIME
-        indented = "".join(f"    {line}\n" for line in text.splitlines())  # a YAML block
-        for shown in (crlf, indented):
-            assert (
-                mask_text(shown, pattern_of(secret)).split()
-                == mask_text(text, pattern_of(secret)).split()
-            )
+    pattern = pattern_of(secret)
+    text = base64.encodebytes(secret.encode()).decode()  # 76 a line, as coreutils `base64` writes
+    lines = len(text.splitlines())
+    assert mask_text(text, pattern) == "***\n" * lines  # the last line with its padding too
+    assert mask_text(text.replace("\n", "\r\n"), pattern) == "***\r\n" * lines  # MIME
+    indented = "".join(f"    {line}\n" for line in text.splitlines())  # a YAML block
+    assert mask_text(indented, pattern) == "    ***\n" * lines
 
 
 def test_wrapped_lines_are_masked_only_as_whole_lines() -> None:
