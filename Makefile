@@ -37,6 +37,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/webhooks.py
 	$(BIN)/python bench/api.py
 	$(BIN)/python bench/reconcile.py
+	$(BIN)/python bench/mask.py
 
 clean:
 	rm -rf $(VENV) .bench-venv build dist .mypy_cache .pytest_cache .ruff_cache
