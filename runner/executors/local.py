@@ -43,7 +43,15 @@ from runner.executors.base import (
     StepSpec,
     read_outputs,
 )
-from runner.executors.sandbox import find_bwrap, probe, sandbox_args, write_identity
+from runner.executors.sandbox import (
+    find_bwrap,
+    hand_over,
+    probe,
+    sandbox_args,
+    step_user,
+    user_prefix,
+    write_identity,
+)
 from runner.spec.quantity import memory_bytes
 from runner.workspace import borrowed_objects
 
@@ -113,7 +121,7 @@ class LocalExecutor:
         )
         return [
             self.bwrap, *options, *scope.bwrap_args, "--chdir", agent_dir,
-            "--", *scope.prefix, *command,
+            "--", *scope.prefix, *user_prefix(), *command,
         ]  # fmt: skip
 
     def _environment(self, step: StepSpec, io: Path) -> dict[str, str]:
@@ -149,6 +157,12 @@ class LocalExecutor:
                     f"[runner] resources.pids is not enforced ({self.pids.why_not}): the agent "
                     "may start any number of processes\n".encode()
                 )
+            if self.bwrap is not None and step_user() != (os.getuid(), os.getgid()):
+                try:  # a root runner's step runs as nobody: what it may write must be nobody's
+                    for folder in (step.workspace, io):
+                        await asyncio.to_thread(hand_over, folder, *step_user())
+                except OSError as exc:
+                    raise ExecutorUnavailable(f"cannot hand {folder} to the step: {exc}") from exc
             try:
                 scope = self.pids.open(step.agent.pids or pids.DEFAULT_PIDS)
             except OSError as exc:  # the machine's fault, not the agent's: the run waits

@@ -11,6 +11,13 @@ all not the runner's data directory, configuration file or database, nor home di
 other runs' workspaces, nor /etc/shadow or ssh host keys. Capabilities are dropped (the runner may
 be root) and the step gets its own pid, ipc, uts and cgroup namespaces, and a network namespace
 of its own (no network) unless its agent declares `network: true`.
+
+A step never runs as uid 0. The kernel checks much of /proc (sysctls under /proc/sys, among them
+core_pattern and modprobe, whose programs run as root on the host) against the uid alone, not a
+capability, so a root runner's step with every capability dropped could still take the host.
+When the runner is root, the step runs as nobody (65534) through util-linux `setpriv`, its
+workspace and io directory handed to that uid; otherwise it runs as the runner's own uid. /proc
+is also shown as Docker shows it: the kernel's knobs read-only, what reveals the host masked.
 """
 
 from __future__ import annotations
@@ -64,6 +71,24 @@ ETC = (
 # Where a symlink in /etc may point and stay a symlink: inside what the sandbox shows anyway.
 _SHOWN = ("/usr", "/proc")
 
+# As Docker shows /proc: the kernel's knobs read-only (a write there changes the host), and what
+# shows the host's memory, keys or timers masked (an empty read-only folder, or /dev/null).
+PROC_READ_ONLY = ("sys", "sysrq-trigger", "bus", "fs", "irq")
+PROC_MASKED = (
+    "acpi",
+    "asound",
+    "kcore",
+    "keys",
+    "latency_stats",
+    "sched_debug",
+    "scsi",
+    "timer_list",
+    "timer_stats",
+)
+
+# Who a step of a root runner is: the kernel's overflow user, which owns nothing on the host.
+NOBODY = 65534
+
 
 def _inside(path: str, roots: Iterable[str]) -> bool:
     return any(path == root or path.startswith(root.rstrip("/") + "/") for root in roots)
@@ -76,6 +101,23 @@ def system_args() -> list[str]:
             args += ["--symlink", os.readlink(path), path]
         elif os.path.isdir(path):
             args += ["--ro-bind", path, path]
+    return args
+
+
+def proc_args() -> list[str]:
+    """A fresh /proc for the step's PID namespace, with the host's knobs read-only and masks
+    over what reveals the host, where this kernel has them."""
+    args = ["--proc", "/proc"]
+    for name in PROC_READ_ONLY:
+        path = f"/proc/{name}"
+        if os.path.exists(path):
+            args += ["--ro-bind", path, path]
+    for name in PROC_MASKED:
+        path = f"/proc/{name}"
+        if os.path.isdir(path):
+            args += ["--tmpfs", path, "--remount-ro", path]
+        elif os.path.exists(path):
+            args += ["--ro-bind", "/dev/null", path]
     return args
 
 
@@ -93,18 +135,67 @@ def etc_args(identity: Path) -> list[str]:
     return args
 
 
+def step_user() -> tuple[int, int]:
+    """(uid, gid) a sandboxed step runs as: nobody's when the runner is root, else the runner's."""
+    if os.geteuid() == 0:
+        return NOBODY, NOBODY
+    return os.getuid(), os.getgid()
+
+
 def write_identity(folder: Path, home: str) -> None:
-    """passwd and group naming root and the runner's uid only (a program asking "who am I" gets an
+    """passwd and group naming root and the step's uid only (a program asking "who am I" gets an
     answer, and the step's home as its home); nothing about the host's other accounts."""
-    uid, gid = os.getuid(), os.getgid()
-    users = [f"root:x:0:0:root:{home if uid == 0 else '/'}:/bin/sh"]
-    groups = ["root:x:0:"]
-    if uid != 0:
+    uid, gid = step_user()
+    users, groups = ["root:x:0:0:root:/:/bin/sh"], ["root:x:0:"]
+    if os.geteuid() == 0:
+        users.append(f"nobody:x:{uid}:{gid}:runner step:{home}:/bin/sh")
+        groups.append(f"nogroup:x:{gid}:")
+    else:
         users.append(f"{_user_name(uid)}:x:{uid}:{gid}:runner step:{home}:/bin/sh")
-    if gid != 0:
-        groups.append(f"{_group_name(gid)}:x:{gid}:")
-    (folder / "passwd").write_text("\n".join(users) + "\n", encoding="utf-8")
-    (folder / "group").write_text("\n".join(groups) + "\n", encoding="utf-8")
+        if gid != 0:
+            groups.append(f"{_group_name(gid)}:x:{gid}:")
+    for name, lines in (("passwd", users), ("group", groups)):
+        (folder / name).write_text("\n".join(lines) + "\n", encoding="utf-8")
+        (folder / name).chmod(0o644)  # readable by the step's user whatever the runner's umask
+
+
+@cache
+def _setpriv() -> str | None:
+    """util-linux `setpriv`, where the sandbox shows it too (under the system folders)."""
+    path = shutil.which("setpriv")
+    return path if path and _inside(path, SYSTEM) else None
+
+
+def user_prefix() -> list[str]:
+    """What runs the step's command as nobody when the runner is root; nothing otherwise. bwrap
+    leaves it CAP_SETUID/SETGID/SETPCAP for that, and it drops them for good (uid, bounding set,
+    no_new_privs) before the agent's command starts."""
+    if os.geteuid() != 0:
+        return []
+    return [
+        _setpriv() or "setpriv",  # missing: the probe says so and the sandbox is not used
+        f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups",
+        "--inh-caps=-all", "--bounding-set=-all", "--no-new-privs", "--",
+    ]  # fmt: skip
+
+
+def hand_over(top: Path, uid: int, gid: int) -> None:
+    """`top` and everything in it owned by `uid`:`gid`, without ever following a symlink: a step
+    running in parallel may plant one anywhere (os.fwalk holds each folder open while it works
+    in it, and the chown acts on the link itself)."""
+    for _, dirs, files, folder in os.fwalk(top, follow_symlinks=False):
+        if _owner(os.fstat(folder)) != (uid, gid):
+            os.fchown(folder, uid, gid)
+        for name in (*dirs, *files):
+            try:
+                if _owner(os.stat(name, dir_fd=folder, follow_symlinks=False)) != (uid, gid):
+                    os.chown(name, uid, gid, dir_fd=folder, follow_symlinks=False)
+            except FileNotFoundError:  # removed meanwhile
+                pass
+
+
+def _owner(status: os.stat_result) -> tuple[int, int]:
+    return status.st_uid, status.st_gid
 
 
 def _user_name(uid: int) -> str:
@@ -148,32 +239,57 @@ def sandbox_args(
     # parents before what lies inside them: a workspace bound after an agent directory inside it
     # would make that directory writable again
     binds.sort(key=lambda bind: len(Path(bind[0]).parts))
+    root = os.geteuid() == 0
+    etc = etc_args(identity)
+    # as root bwrap makes these root's and closed to others, and the step is nobody
+    shared = ["--perms", "1777"] if root else []
     args = [
         *system_args(),
-        *etc_args(identity),
         "--dev", "/dev",
-        "--proc", "/proc",
-        "--tmpfs", "/tmp",
+        *shared, "--tmpfs", "/dev/shm",
+        *proc_args(),
+        *shared, "--tmpfs", "/tmp",
+        *(_parents([*etc[2::3], *(path for path, _ in binds)]) if root else []),
+        *etc,
         *(arg for path, how in binds for arg in (how, path, path)),
         "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try",
         "--die-with-parent", "--new-session",
         "--remount-ro", "/",
     ]  # fmt: skip
-    if os.geteuid() == 0:  # as root bwrap would keep every capability for the step
-        args += ["--cap-drop", "ALL"]
+    if root:  # bwrap run by root keeps every capability unless told; setpriv needs these three
+        args += [
+            "--cap-drop", "ALL",
+            "--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID", "--cap-add", "CAP_SETPCAP",
+        ]  # fmt: skip
     if not network:
         args.append("--unshare-net")
     return args
 
 
+def _parents(paths: Iterable[str]) -> list[str]:
+    """bwrap makes the folders above what it mounts as 0700 root's: a step run as nobody could
+    not reach its own interpreter or workspace. These make them first, open to all."""
+    above = {str(parent) for path in paths for parent in Path(path).parents}
+    above = {p for p in above if p not in ("/", "/tmp", "/dev", "/proc") and not _inside(p, SYSTEM)}
+    ordered = sorted(above, key=lambda p: (len(Path(p).parts), p))
+    return [arg for p in ordered for arg in ("--perms", "0755", "--dir", p)]
+
+
 def probe(bwrap: str, *, extra: Sequence[str] = (), prefix: Sequence[str] = ()) -> str:
     """'' when a step's full sandbox works with `bwrap` (the same options a step gets, running
     this interpreter); otherwise what went wrong."""
+    if os.geteuid() == 0 and _setpriv() is None:
+        return (
+            "setpriv (util-linux) is not installed: a root runner needs it to run steps as nobody"
+        )
     with tempfile.TemporaryDirectory(prefix="runner-probe-") as tmp:
         root = Path(tmp)
         for name in ("agent", "workspace", "io", "etc"):
             (root / name).mkdir()
+            (root / name).chmod(0o755)
         write_identity(root / "etc", str(root / "io"))
+        for name in ("workspace", "io"):
+            hand_over(root / name, *step_user())
         options = sandbox_args(
             identity=root / "etc",
             read_only=[str(root / "agent")],
@@ -181,7 +297,12 @@ def probe(bwrap: str, *, extra: Sequence[str] = (), prefix: Sequence[str] = ()) 
             network=False,
         )
         command = [bwrap, *options, *extra, "--chdir", str(root / "agent"), "--"]
-        command += [*prefix, sys.executable, "-c", "import json"]
+        # the step's user must be able to write its workspace and io directory
+        check = (
+            "import json, sys\nfor path in sys.argv[1:]:\n    open(path + '/probe', 'w').close()"
+        )
+        command += [*prefix, *user_prefix(), sys.executable, "-c", check]
+        command += [str(root / "workspace"), str(root / "io")]
         try:
             done = subprocess.run(command, capture_output=True, text=True, timeout=30)
         except (OSError, subprocess.TimeoutExpired) as exc:

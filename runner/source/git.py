@@ -278,14 +278,16 @@ class GitSource:
                 continue
             target = dest / str(entry.name)
             obj: Any = self.repo[entry.id]
+            # modes set whatever the runner's umask: a root runner's steps run as nobody
             if isinstance(obj, pygit2.Tree):
                 target.mkdir(parents=True, exist_ok=True)
+                target.chmod(0o755)
                 self._export(obj, target)
             elif isinstance(obj, pygit2.Blob):
                 target.parent.mkdir(parents=True, exist_ok=True)
                 target.write_bytes(obj.data)
-                if entry.filemode == pygit2.enums.FileMode.BLOB_EXECUTABLE:
-                    target.chmod(0o755)
+                executable = entry.filemode == pygit2.enums.FileMode.BLOB_EXECUTABLE
+                target.chmod(0o755 if executable else 0o644)
 
     def rewritten(self, old: str, new: str) -> bool:
         """Whether `new` does not descend from `old` (a force-push or rewritten history)."""

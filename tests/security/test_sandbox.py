@@ -101,6 +101,7 @@ attempt("git_log", lambda: subprocess.run(
 attempt("yaml", lambda: __import__("yaml").safe_dump({"ok": 1}))
 attempt("home", lambda: write(os.path.join(os.environ["HOME"], "notes.txt")))
 attempt("who", lambda: pwd.getpwuid(os.getuid()).pw_dir == os.environ["HOME"])
+attempt("uid", os.getuid)
 with open(os.environ["RUNNER_OUTPUT"], "w") as f:
     json.dump(report, f)
 """
@@ -246,7 +247,9 @@ def test_etc_shadow_and_host_accounts_are_not_visible(report: tuple[Any, ...]) -
     assert {"passwd", "group", "ld.so.cache"} <= etc
     assert not etc & {"shadow", "gshadow", "ssh", "sudoers", "gitconfig", "pip.conf", "npmrc"}
     names = {line.split(":")[0] for line in attacker["passwd"]["got"].splitlines()}
-    assert names <= {"root", pwd.getpwuid(os.getuid()).pw_name}
+    # the runner's user, or nobody when the runner is root: a step never runs as uid 0
+    assert names <= {"root", pwd.getpwuid(os.getuid()).pw_name, "nobody"}
+    assert attacker["uid"]["got"] == (os.getuid() or 65534)
 
 
 def test_runner_database_config_and_data_dir_are_not_visible(report: tuple[Any, ...]) -> None:
