@@ -37,6 +37,7 @@ def main() -> None:
         done = subprocess.run(
             [
                 sys.executable,
+                "-I",  # ruff itself: never a ruff.py of the project in the working directory
                 "-m",
                 "ruff",
                 "check",

@@ -48,6 +48,7 @@ def main() -> None:
     fixed = subprocess.run(
         [
             sys.executable,
+            "-I",  # ruff itself: never a ruff.py of the project in the working directory
             "-m",
             "ruff",
             "check",

@@ -82,7 +82,7 @@ def bandit_findings(
     if not python:
         return []
     done = subprocess.run(
-        [sys.executable, "-m", "bandit", "-q", "-f", "json", *python],
+        [sys.executable, "-I", "-m", "bandit", "-q", "-f", "json", *python],
         capture_output=True,
         text=True,
         check=False,

@@ -106,6 +106,13 @@ def open_executor(kind: str, **options: Any) -> Executor:
 NO_OUTPUT = "the agent wrote no output: write one JSON object to $RUNNER_OUTPUT"
 
 
+def python_environment(agent_dir: str) -> dict[str, str]:
+    """Where Python run by an agent imports from: never its working directory or a script's
+    folder (`python -m ruff` run in the workspace would import the project's own ruff.py, inside
+    an agent holding secrets), but the agent's own folder, as `python main.py` had it."""
+    return {"PYTHONSAFEPATH": "1", "PYTHONPATH": agent_dir}
+
+
 @cache
 def _validator(schema_json: str) -> Any:
     return compile_schema(json.loads(schema_json))

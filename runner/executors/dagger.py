@@ -58,6 +58,7 @@ from runner.executors.base import (
     Masker,
     StepResult,
     StepSpec,
+    python_environment,
     read_outputs,
 )
 from runner.executors.images import ImagePolicy, image_problems, parse_image
@@ -441,6 +442,7 @@ class DaggerExecutor:
             "RUNNER_ATTEMPT": str(step.attempt),
             "PYTHONDONTWRITEBYTECODE": "1",
             "PYTHONUNBUFFERED": "1",
+            **python_environment(AGENT_DIR),
         }
         return env | dict(step.env)
 

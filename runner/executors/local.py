@@ -46,6 +46,7 @@ from runner.executors.base import (
     Masker,
     StepResult,
     StepSpec,
+    python_environment,
     read_outputs,
 )
 from runner.executors.sandbox import (
@@ -151,6 +152,7 @@ class LocalExecutor:
             "RUNNER_STEP_ID": step.step_id,
             "RUNNER_ATTEMPT": str(step.attempt),
             "PYTHONDONTWRITEBYTECODE": "1",
+            **python_environment(os.path.abspath(step.agent.directory)),
         }
         env |= dict(step.env)
         env |= {name: step.secrets[name] for name in step.agent.secrets if name in step.secrets}

@@ -167,6 +167,29 @@ async def test_environment_is_cleared_and_secrets_are_masked(
     assert result.outputs == {"answer": 1, "echo": "***"}
 
 
+async def test_the_workspace_cannot_shadow_a_python_tool_but_the_agents_folder_imports(
+    executor: Executor, tmp_path: Path, workspace: Path
+) -> None:
+    """A project's ruff.py in the workspace is not what `python -m ruff` run there imports;
+    the agent's own helper module beside main.py still imports."""
+    (workspace / "tool.py").write_text("print('the project ran inside the agent')\n")
+    program = """
+    import json, os, subprocess, sys
+    import helper
+    ran = subprocess.run([sys.executable, "-m", "tool"], cwd=os.environ["RUNNER_WORKSPACE"],
+                         capture_output=True, text=True)
+    print(ran.stdout, ran.stderr)
+    json.dump({"answer": helper.ANSWER}, open(os.environ["RUNNER_OUTPUT"], "w"))
+    """
+    folder = agent(tmp_path, program)
+    (Path(folder.directory) / "helper.py").write_text("ANSWER = 42\n")
+    result, log = await run(executor, folder, workspace)
+    assert result.ok, log
+    assert result.outputs == {"answer": 42}
+    assert "No module named tool" in log
+    assert "the project ran" not in log
+
+
 def processes_with(marker: str) -> list[int]:
     """Live processes whose command line holds `marker` (zombies waiting for a reaper excluded)."""
     found = []
