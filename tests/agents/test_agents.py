@@ -118,15 +118,21 @@ async def test_code_reviewer_comments_on_changed_files_only(sample: Path) -> Non
 async def test_patcher_commits_fixes_on_a_branch_and_pushes_with_credentials(
     sample: Path, tmp_path: Path
 ) -> None:
-    remote = tmp_path / "remote.git"
-    pygit2.init_repository(str(remote), bare=True)
+    remote, decoy = tmp_path / "remote.git", tmp_path / "decoy.git"
+    for bare in (remote, decoy):
+        pygit2.init_repository(str(bare), bare=True)
     repo = pygit2.Repository(str(sample))
-    repo.remotes.create("origin", str(remote))
+    head = str(repo.head.target)
+    # what an earlier step may do to the workspace: point origin elsewhere, change a file
+    repo.remotes.create("origin", str(decoy))
+    (sample / "README.md").write_text("changed by an earlier step\n")
+    trigger = {"event": "push", "sha": head, "clone_url": str(remote)}
     result, log = await run_agent(
         "patcher",
         {"branch": "fix/lint", "push": True},
         sample,
         secrets={"GIT_PUSH_TOKEN": "token-for-tests"},
+        env={"RUNNER_TRIGGER": json.dumps(trigger)},
         sandbox=False,  # the bare remote lives outside the workspace, read-only in a sandbox
     )
     assert result.ok, log
@@ -137,9 +143,22 @@ async def test_patcher_commits_fixes_on_a_branch_and_pushes_with_credentials(
     assert sorted(outputs["files"]) == ["src/shop/reports.py", "src/shop/settings.py"]
     commit = repo.revparse_single("fix/lint").peel(pygit2.Commit)
     assert str(commit.id) == outputs["commit"]
+    assert [str(parent) for parent in commit.parent_ids] == [head]
     assert "-import sys" in outputs["patch"]
+    assert "README.md" not in outputs["patch"]
     assert "refs/heads/fix/lint" in pygit2.Repository(str(remote)).references
+    assert "refs/heads/fix/lint" not in pygit2.Repository(str(decoy)).references
     assert "token-for-tests" not in log
+
+
+async def test_patcher_without_a_clone_url_commits_but_does_not_push(sample: Path) -> None:
+    result, log = await run_agent(
+        "patcher", {"push": True}, sample, secrets={"GIT_PUSH_TOKEN": "token-for-tests"}
+    )
+    assert result.ok, log
+    assert result.outputs is not None
+    assert result.outputs["pushed"] is False
+    assert "names no repository (clone_url) to push to" in log
 
 
 class _Recorder(BaseHTTPRequestHandler):
