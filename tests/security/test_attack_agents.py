@@ -346,7 +346,6 @@ SANDBOX_WORKFLOW = workflow(
  with: {site: "${{ inputs.site }}", host: "${{ inputs.host }}"}}
 {id: link, agent: symlinker, with: {target: "${{ inputs.target }}"}}
 {id: big, agent: bigout}
-{id: fork, agent: forker}
 {id: shell, agent: shell}""",
     inputs="{type: object, properties: {site: {type: string}, marker: {type: string},"
     " target: {type: string}, host: {type: string}}}",
@@ -375,10 +374,6 @@ def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]
             "agents/symlinker/main.py": SYMLINKER,
             "agents/bigout/agent.yaml": manifest("bigout", "{command: [python, main.py]}"),
             "agents/bigout/main.py": BIG_OUTPUT,
-            "agents/forker/agent.yaml": manifest(
-                "forker", "{command: [python, main.py], resources: {pids: 100000}}"
-            ),
-            "agents/forker/main.py": FORKER,
             "agents/shell/agent.yaml": manifest(
                 "shell", json.dumps({"command": ["/bin/sh", "-c", SHELL_COMMAND]})
             ),
@@ -510,8 +505,29 @@ def test_a_huge_output_is_refused_not_stored(sandbox: dict[str, Any]) -> None:
     assert db.stat().st_size < 10 * 1024 * 1024
 
 
+@pytest.fixture(scope="module")
+def forking(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """The forker in a run of its own: a ceiling that refuses its revision must not keep the
+    other sandbox attacks from running."""
+    need_sandbox()
+    base = tmp_path_factory.mktemp("attack-fork")
+    repo = base / "workflows"
+    commit(
+        repo,
+        {
+            "agents/forker/agent.yaml": manifest(
+                "forker", "{command: [python, main.py], resources: {pids: 100000}}"
+            ),
+            "agents/forker/main.py": FORKER,
+            "workflows/fork.yaml": workflow("fork", "{id: fork, agent: forker}"),
+        },
+    )
+    site = Site(base / "site", FORGES + "data_dir: data\n")
+    return {"done": site("run", "fork", "--repo", str(repo)), "site": site}
+
+
 def test_a_manifest_cannot_raise_its_own_process_limit_without_the_operator(
-    sandbox: dict[str, Any],
+    forking: dict[str, Any],
 ) -> None:
     """`resources.pids` comes from the agent's own manifest with no ceiling: `pids: 100000`
     turns the limit off (and `memory:` likewise sets RLIMIT_AS). A limit the attacker sets is
@@ -520,7 +536,9 @@ def test_a_manifest_cannot_raise_its_own_process_limit_without_the_operator(
     limiter = pids_limiter(find_bwrap()[0])
     if limiter.why_not:
         pytest.skip(f"no process-count limit on this host: {limiter.why_not}")
-    forked = sandbox["steps"]["fork"]["outputs"]
+    done, site = forking["done"], forking["site"]
+    assert site("show", "1").returncode == 0, done.stdout + done.stderr  # the run ran
+    forked = site.steps()["fork"]["outputs"]
     assert forked["refused"] == "EAGAIN", forked
     assert forked["started"] < 300, forked
 
