@@ -206,7 +206,7 @@ class PullRequestCheck:
 
     def _check_tree(
         self, config: GitSourceConfig, event: ForgeEvent
-    ) -> tuple[list[SpecError], str, Bundle, frozenset[str]] | None:
+    ) -> tuple[list[SpecError], str, Bundle, dict[str, tuple[str, ...]]] | None:
         """(errors, head sha, bundle, agents whose program changed) of the PR head's workflows
         folder; None when it changes no workflow, agent manifest or agent program."""
         repo = self._repo(config)
@@ -222,14 +222,18 @@ class PullRequestCheck:
         since = repo.merge_base(head_commit.id, base_commit.id)
         base_tree = subtree(repo, repo[since].peel(pygit2.Commit), config.path) if since else None
         head_programs, base_programs = program_ids(repo, head_tree), program_ids(repo, base_tree)
-        programs = frozenset(
-            name
+        prefix = "" if config.path in ("", ".") else config.path.strip("/") + "/"
+        programs = {
+            name: tuple(
+                prefix + path
+                for path in sorted(files.keys() | base_programs[name].keys())
+                if files.get(path) != base_programs[name].get(path)
+            )
             for name, files in head_programs.items()
             if name in base_programs and files != base_programs[name]
-        )
+        }
         if not programs and document_ids(repo, head_tree) == document_ids(repo, base_tree):
             return None  # the PR changes no workflow, agent manifest or agent program
-        prefix = "" if config.path in ("", ".") else config.path.strip("/") + "/"
         files = tree_files(repo, head_tree, prefix) if head_tree is not None else []
         policy = self.policy.for_source(config.name) if self.policy else None
         result = compile_files(files, builtins=builtin_agents(), images=self.images, policy=policy)

@@ -223,10 +223,20 @@ def _grants(
         return (), []
     variables, files = _own_credentials(data, file)
     name = file.name if file is not None else DEFAULT_FILE
+    several = [str(s.get("name")) for s in data.get("sources") or ()]
     grants, errors = [], []
     for i, entry in enumerate(entries):
         here: list[str | int] = ["secrets", i]
         problems: list[tuple[list[str | int], str]] = []
+        if len(several) > 1 and "sources" not in entry:
+            # agent and workflow names are unique per repository only
+            problems.append(
+                (
+                    here,
+                    "with several sources, say whose agents this secret is for:"
+                    f" sources: [{several[0]}] (one of {', '.join(several)})",
+                )
+            )
         if ("env" in entry) == ("file" in entry):
             problems.append((here, "say where the value is: env: VARIABLE or file: PATH, one"))
         env, path = entry.get("env"), entry.get("file")

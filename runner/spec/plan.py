@@ -12,6 +12,7 @@ and narrowing is kept apart (`AgentChange.narrowed`) so that it never drowns the
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal
@@ -91,6 +92,7 @@ class AgentChange:
     steps: tuple[StepReach, ...] = ()
     # its program (the files beside agent.yaml) changed; what it holds runs the new code
     program: bool = False
+    program_files: tuple[str, ...] = ()  # the files of it that changed
     holds_secrets: tuple[str, ...] = ()
     holds_network: bool = False
 
@@ -243,7 +245,9 @@ def _weaker_gate(old: ApprovalPolicy | None, new: ApprovalPolicy | None) -> tupl
     return tuple(found)
 
 
-def _agent_changes(new: Bundle, old: Bundle, programs: frozenset[str]) -> list[AgentChange]:
+def _agent_changes(
+    new: Bundle, old: Bundle, programs: Mapping[str, tuple[str, ...]]
+) -> list[AgentChange]:
     local_new = {n: a for n, a in new.agents.items() if not a.builtin}
     local_old = {n: a for n, a in old.agents.items() if not a.builtin}
     steps = _step_reach(new, old)
@@ -273,6 +277,7 @@ def _agent_changes(new: Bundle, old: Bundle, programs: frozenset[str]) -> list[A
                 narrowed=tuple(r for r in reach if not r.widens),
                 steps=tuple(steps.get(name, ())),
                 program=program,
+                program_files=tuple(programs.get(name, ())) if program else (),
                 holds_secrets=tuple(sorted(after.secrets)) if program and after else (),
                 holds_network=bool(program and after and after.network),
             )
@@ -286,10 +291,11 @@ def make_plan(
     *,
     now: datetime,
     fires: int = 3,
-    programs: frozenset[str] = frozenset(),
+    programs: Mapping[str, tuple[str, ...]] | None = None,
 ) -> Plan:
     """Changes from `old` to `new`; added and kept schedules with their next `fires` times.
-    `programs` names the repo-local agents whose program files changed (beside agent.yaml)."""
+    `programs` maps the repo-local agents whose program files changed (beside agent.yaml) to
+    those files."""
     changes = _diff(
         "workflow",
         {n: w.digest for n, w in new.workflows.items()},
@@ -322,5 +328,5 @@ def make_plan(
         changes=tuple(changes),
         schedules=tuple(schedules),
         gates=tuple(gates),
-        agents=tuple(_agent_changes(new, old, programs)),
+        agents=tuple(_agent_changes(new, old, programs or {})),
     )

@@ -111,7 +111,9 @@ def agent_file_line(agent: AgentChange, code: Code) -> str:
     """A changed agent file, e.g. "`agents/deployer/agent.yaml`: agent `deployer` added", or
     its folder when only its program changed."""
     if agent.action == "unchanged":
-        folder = agent.file.rsplit("/", 1)[0] + "/"
-        return f"{code(folder)}: agent {code(agent.name)}: program changed"
+        files = ", ".join(code(f) for f in agent.program_files) or code(
+            agent.file.rsplit("/", 1)[0] + "/"
+        )
+        return f"{files}: program of agent {code(agent.name)} changed"
     what = f"{agent.action}, and its program" if agent.program else agent.action
     return f"{code(agent.file)}: agent {code(agent.name)} {what}"

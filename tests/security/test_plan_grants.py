@@ -160,7 +160,7 @@ async def test_a_change_to_an_agents_program_alone_is_shown_with_what_the_code_h
     head = open_pr(repo, 7, {"agents/deployer/main.py": "import os; print(os.environ)\n"})
     await dispatcher.handle(delivery(7, head, "opened", repo.url))
     text = posted(github, 7)
-    assert "- `agents/deployer/`: agent `deployer`: program changed" in text
+    assert "- `agents/deployer/main.py`: program of agent `deployer` changed" in text
     assert "nothing widens" in text  # the agent holds no secret and no network
 
     # New code together with a new secret: the code that will hold it is named too.
