@@ -190,6 +190,20 @@ class Run:
     lease_owner: str | None = None
     lease_expires_at: float | None = None
     error: str | None = None
+    # what the unfinished run waits for, as stored (see `run_wait`), or None
+    wait: Mapping[str, Any] | None = None
+
+
+WaitFor = Literal["fetch", "executor", "concurrency", "approval"]
+
+
+def run_wait(
+    waits_for: WaitFor, reason: str, since: float, next_attempt: float | None = None
+) -> dict[str, Any]:
+    """The `wait` of a run, in the one JSON shape the store, the API and the CLI show:
+    what it waits for, why (human text), since when and when it is next tried (epoch seconds;
+    None when nothing is scheduled, e.g. an approval)."""
+    return {"for": waits_for, "reason": reason, "since": since, "next_attempt": next_attempt}
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -144,14 +144,20 @@ class Store(Protocol):
         *,
         error: str | None = None,
         only_from: Sequence[RunStatus] | None = None,
+        wait: Mapping[str, Any] | None = None,
     ) -> Run | None:
         """Move a run to `to` if `model.RUN_TRANSITIONS` allows it from its current status
-        (and, with `only_from`, only from those statuses).
+        (and, with `only_from`, only from those statuses). The run's `wait` becomes `wait`
+        (`model.run_wait`): a run that moves on waits for nothing unless told.
 
         Returns the updated run, or None when the transition is not allowed (the caller lost a
         race or the run is finished). Sets `started_at` on the first `running` and
         `finished_at` on a finished status; a finished or waiting run also loses its lease.
         """
+
+    async def set_run_wait(self, run_id: int, wait: Mapping[str, Any] | None) -> Run | None:
+        """Record what an unfinished run waits for (`model.run_wait`; None: nothing), its
+        status unchanged; None when the run is finished or missing."""
 
     async def count_runs(self, *, status: Sequence[RunStatus]) -> int:
         """How many runs are in these statuses (queue depth, waiting approvals)."""

@@ -23,7 +23,7 @@ from runner.model import (
 RUN = (
     "id, workflow, source, revision, status, idempotency_key, trigger_info, inputs, "
     "concurrency_group, created_at, updated_at, started_at, finished_at, lease_owner, "
-    "lease_expires_at, error"
+    "lease_expires_at, error, wait"
 )
 EVENT = "id, forge, delivery_id, event_type, headers, body, received_at, status, attempts, error"
 STEP = (
@@ -100,6 +100,7 @@ def run(row: tuple[Any, ...]) -> Run:
         lease_owner=row[13],
         lease_expires_at=row[14],
         error=row[15],
+        wait=json.loads(row[16]) if row[16] else None,
     )
 
 

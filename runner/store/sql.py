@@ -573,6 +573,7 @@ class SqlStore(AuditQueries):
         *,
         error: str | None = None,
         only_from: Sequence[RunStatus] | None = None,
+        wait: Mapping[str, Any] | None = None,
     ) -> Run | None:
         allowed = sorted(
             RUN_TRANSITIONS[to] & set(RUN_TRANSITIONS[to] if only_from is None else only_from)
@@ -588,12 +589,27 @@ class SqlStore(AuditQueries):
         else:
             extra = "finished_at = NULL"
         extra_params: tuple[Any, ...] = (now,) if "?" in extra else ()
+        waiting = None if wait is None else rows.dumps(dict(wait))
 
         async def body(tx: Tx) -> Run | None:
             row = await tx.one(
-                f"UPDATE runs SET status = ?, updated_at = ?, error = ?, {extra}"
+                f"UPDATE runs SET status = ?, updated_at = ?, error = ?, wait = ?, {extra}"
                 f" WHERE id = ? AND status IN ({marks}) RETURNING {rows.RUN}",
-                (to, now, error, *extra_params, run_id, *allowed),
+                (to, now, error, waiting, *extra_params, run_id, *allowed),
+            )
+            return rows.run(row) if row else None
+
+        return await self._in_tx(body)
+
+    async def set_run_wait(self, run_id: int, wait: Mapping[str, Any] | None) -> Run | None:
+        finished = ", ".join(f"'{s}'" for s in sorted(FINISHED))
+        values = (None if wait is None else rows.dumps(dict(wait)), self.clock(), run_id)
+
+        async def body(tx: Tx) -> Run | None:
+            row = await tx.one(
+                "UPDATE runs SET wait = ?, updated_at = ?"
+                f" WHERE id = ? AND status NOT IN ({finished}) RETURNING {rows.RUN}",
+                values,
             )
             return rows.run(row) if row else None
 

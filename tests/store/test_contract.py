@@ -16,6 +16,7 @@ from runner.model import (
     SourceStatus,
     StepRun,
     StoredDocument,
+    run_wait,
 )
 from runner.store.base import Store
 from tests.store.conftest import Clock
@@ -122,6 +123,29 @@ async def test_finishing_a_run_drops_its_lease(store: Store) -> None:
     assert done is not None
     assert done.lease_owner is None
     assert await store.acquire_runs("node-b", 60, 10) == []
+
+
+async def test_a_runs_wait_is_kept_until_it_moves_on(store: Store, clock: Clock) -> None:
+    run, _ = await store.request_run(request("k"))
+    assert run.wait is None
+    waiting = run_wait("concurrency", "run 1 of group 'g' is active", clock.now)
+    held = await store.set_run_wait(run.id, waiting)
+    assert held is not None
+    assert held.status == "queued"
+    assert held.wait == waiting
+    assert (await store.get_run(run.id)) == held
+    fetch = run_wait("fetch", "HTTP 500", clock.now, clock.now + 5)
+    running = await store.transition_run(run.id, "running", wait=fetch)
+    assert running is not None
+    assert running.wait == {"for": "fetch", "reason": "HTTP 500", "since": clock.now,
+                            "next_attempt": clock.now + 5}  # fmt: skip
+    moved = await store.transition_run(run.id, "waiting_approval")
+    assert moved is not None
+    assert moved.wait is None  # a run that moves on waits for nothing unless told
+    done = await store.transition_run(run.id, "cancelled")
+    assert done is not None
+    assert await store.set_run_wait(run.id, waiting) is None  # a finished run waits for nothing
+    assert (await store.get_run(run.id)) == done
 
 
 # -- leases ----------------------------------------------------------------------------------
