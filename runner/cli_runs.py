@@ -125,6 +125,9 @@ async def _drive(
         f"run {result.id}: {_styled(result.status)}"
         + (f" ({escape(result.error)})" if result.error else "")
     )
+    waiting = _wait_text(result)
+    if waiting is not None and result.status == "queued":
+        console.print(escape(waiting), highlight=False, soft_wrap=True)
     if result.status == "waiting_approval":
         await _waiting_hint(rt, result, console)
     return result
@@ -326,7 +329,20 @@ def _run_json(run: Run) -> dict[str, Any]:
         "started_at": run.started_at,
         "finished_at": run.finished_at,
         "error": run.error,
+        "wait": dict(run.wait) if run.wait is not None else None,
     }
+
+
+def _wait_text(run: Run) -> str | None:
+    """What a waiting run waits for, in a line: `runner show` and `runner run` print it."""
+    wait = run.wait
+    if wait is None:
+        return None
+    text = f"  waits for {wait.get('for')} since {when(float(wait.get('since') or 0))}: "
+    text += str(wait.get("reason", ""))
+    if wait.get("next_attempt") is not None:
+        text += f" (next attempt at {when(float(wait['next_attempt']))})"
+    return text
 
 
 @click.command()
@@ -425,6 +441,9 @@ def show(run_id: int, output: str, config_path: str | None) -> None:
         f" at {when(found.created_at)}",
         highlight=False,
     )
+    waiting = _wait_text(found)
+    if waiting is not None:
+        console.print(escape(waiting), highlight=False, soft_wrap=True)
     table = Table()
     for column in ("step", "status", "attempt", "error"):
         table.add_column(column)

@@ -116,6 +116,26 @@ DECISIONS = Counter(
     "Approval decisions, by channel (comment, api, cli, timeout) and result (recorded, refused).",
     ["via", "result"],
 )
+CACHE_REPAIRS = Counter(
+    "runner_cache_repairs_total",
+    "Damaged caches removed and made again, by kind (mirror: a run repository's mirror, "
+    "source: a workflows source's mirror).",
+    ["kind"],
+)
+FORGE_HELD = Counter(
+    "runner_forge_api_calls_held_total",
+    "Forge API calls not made because the forge's rate limit is spent until its reset.",
+    ["forge"],
+)
+REPORTS_SKIPPED = Counter(
+    "runner_forge_reports_skipped_total",
+    "Run reports (commit status, pull request comment) not sent again: identical to the last.",
+    ["forge"],
+)
+
+
+def cache_repaired(kind: str) -> None:
+    CACHE_REPAIRS.labels(kind).inc()
 
 
 def comment_command(forge: str, outcome: str) -> None:

@@ -1,15 +1,21 @@
 """Reporting a run back to where it came from: a commit status per workflow run and one
 kept-up-to-date comment on its pull request. A reporting failure is logged, never a run
-failure."""
+failure.
+
+A report identical to the last one sent for the run (same state, description and comment) is
+not sent again: a run that waits and is tried again (a repository that cannot be fetched, an
+executor that is down) costs forge API calls when what it shows changes, not at every try."""
 
 from __future__ import annotations
 
 import logging
+from collections import OrderedDict
 from collections.abc import Mapping
 
+from runner import metrics
 from runner.forges.api import ForgeReporting
 from runner.forges.github import STATES
-from runner.model import Approval, Run, StepRun
+from runner.model import FINISHED, Approval, Run, StepRun
 
 log = logging.getLogger(__name__)
 
@@ -29,14 +35,20 @@ def run_comment(run: Run, steps: list[StepRun], pending: list[Approval]) -> str:
             f"Step `{gate.step_id}` waits for {gate.policy.required} approval(s) from {who}: "
             f"comment `/approve {run.id} {gate.step_id}` (or `/reject {run.id} reason`).",
         ]
+    if run.wait and run.status not in FINISHED:
+        lines += ["", f"Waiting for {run.wait.get('for')}: {run.wait.get('reason')}"]
     if run.error:
         lines += ["", f"{run.error}"]
     return "\n".join(lines)
 
 
+REMEMBERED = 10_000  # runs whose last report is remembered (the oldest are forgotten)
+
+
 class Reporter:
     def __init__(self, forges: Mapping[str, ForgeReporting]) -> None:
         self.forges = dict(forges)
+        self._sent: OrderedDict[int, tuple[str, str, str | None]] = OrderedDict()
 
     async def report(self, run: Run, steps: list[StepRun], pending: list[Approval]) -> None:
         trigger = run.trigger
@@ -44,24 +56,29 @@ class Reporter:
         repository, sha = trigger.get("repository"), trigger.get("sha")
         if forge is None or not repository or not sha:
             return
+        description = f"run {run.id}: {run.status}"
+        if pending:
+            description += f" ({pending[0].step_id} waits for approval)"
+        elif run.wait and run.status not in FINISHED:
+            description += f" (waits for {run.wait.get('for')})"
+        number = (trigger.get("pull_request") or {}).get("number")
+        body = run_comment(run, steps, pending) if number else None
+        state = STATES.get(run.status, "pending")
+        report = (state, description, body)
+        if self._sent.get(run.id) == report:  # nothing new to show
+            metrics.REPORTS_SKIPPED.labels(str(trigger.get("forge"))).inc()
+            return
         try:
-            description = f"run {run.id}: {run.status}" + (
-                f" ({pending[0].step_id} waits for approval)" if pending else ""
-            )
             await forge.status(
-                str(repository),
-                str(sha),
-                f"runner/{run.workflow}",
-                STATES.get(run.status, "pending"),
-                description,
+                str(repository), str(sha), f"runner/{run.workflow}", state, description
             )
-            number = (trigger.get("pull_request") or {}).get("number")
-            if number:
+            if number and body is not None:
                 await forge.upsert_comment(
-                    str(repository),
-                    int(number),
-                    f"<!-- runner:run:{run.id} -->",
-                    run_comment(run, steps, pending),
+                    str(repository), int(number), f"<!-- runner:run:{run.id} -->", body
                 )
+            self._sent[run.id] = report
+            self._sent.move_to_end(run.id)
+            while len(self._sent) > REMEMBERED:
+                self._sent.popitem(last=False)
         except Exception as exc:  # reporting never fails a run
             log.warning("reporting run %d to %s: %s", run.id, trigger.get("forge"), exc)

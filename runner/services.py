@@ -50,7 +50,7 @@ from runner.web.app import Check, create_app
 from runner.web.auth import load_tokens
 from runner.web.hooks import Hooks, Receiver
 from runner.worker import WorkerPool
-from runner.workspace import Workspaces
+from runner.workspace import Workspaces, sweep
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +103,7 @@ async def runtime(
                 node=node,
                 max_parallel=settings.executor.max_parallel,
                 secrets=secret_store(settings),
+                fetch_deadline=parse_duration(settings.executor.fetch_deadline),
             ),
             listener=listener,
             reporter=reporter,
@@ -284,6 +285,12 @@ async def serve(settings: Settings, *, role: str, stop: asyncio.Event, grace: fl
         log.warning("granted secret unusable: %s", problem)
     kinds = {str(f["name"]): str(f["kind"]) for f in settings.forges}
     async with runtime(settings, roots=roots, reporter=reporter) as rt:
+        if role in ("all", "worker"):  # what a killed node left, before anything is made
+            await sweep(
+                Path(settings.data_dir),
+                rt.store,
+                keep_failed=settings.executor.keep_failed_workspaces,
+            )
         scheduler = Scheduler(rt.store.request_run)
         workers = WorkerPool(rt.engine, slots=settings.executor.max_parallel)
 

@@ -61,6 +61,8 @@ class ExecutorSettings:
     max_pids: int = 1024
     max_memory: str = "8Gi"
     max_timeout: str = "6h"
+    # how long a run retries a repository that cannot be fetched for now before it fails
+    fetch_deadline: str = "30m"
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -18,8 +18,11 @@ from typing import Any
 
 import pygit2
 
+from runner import metrics
 from runner.errors import PermanentError, TransientError
-from runner.source.git import _in_daemon_thread, redact
+from runner.model import FINISHED
+from runner.source.git import _in_daemon_thread, fetch_verdict, redact
+from runner.store.base import Store
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +39,7 @@ def head_of(path: Path) -> tuple[str, str]:
 
 
 _locks: dict[str, threading.Lock] = {}
+PARTIAL = ".partial-"  # what a folder being made is called until it is renamed into place
 FETCH_DEADLINE = 120.0
 # libgit2's own network timeouts (milliseconds): a fetch given up at its deadline still ends,
 # and frees its mirror, when the remote stops answering
@@ -54,27 +58,88 @@ def _has(repo: pygit2.Repository, sha: str) -> bool:
         return False
 
 
+class _Repaired(Exception):
+    """The mirror could not be used as a repository (left half-made by a crash, damaged)."""
+
+
+def _fetch(repo: pygit2.Repository, clone_url: str, sha: str) -> None:
+    remote = repo.remotes.create_anonymous(clone_url)
+    remote.fetch(["+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*"])
+    if not _has(repo, sha):
+        with contextlib.suppress(pygit2.GitError):  # servers may refuse a bare sha
+            remote.fetch([sha])
+
+
+def _refused(clone_url: str, exc: pygit2.GitError) -> Exception:
+    """The run's error for a fetch the remote refused: permanent (not found, not authorized:
+    trying again changes nothing) or transient (the remote or the network is down)."""
+    if fetch_verdict(str(exc)) == "permanent":
+        return PermanentError(
+            f"cannot fetch {redact(clone_url)}: {exc} (the repository is not there or this"
+            " runner may not read it: check the clone URL and the credentials)"
+        )
+    return WorkspaceUnavailable(f"fetching {redact(clone_url)}: {exc}")
+
+
+def _made(cache: Path, path: Path, clone_url: str, sha: str) -> pygit2.Repository:
+    """A new mirror: fetched under a temporary name and renamed into place, so that a process
+    killed meanwhile leaves only a `*.partial-*` folder (swept at start), never a half-made
+    mirror under the real name."""
+    cache.mkdir(parents=True, exist_ok=True)
+    partial = Path(tempfile.mkdtemp(prefix=f"{path.name}{PARTIAL}", dir=cache))
+    try:
+        _fetch(pygit2.init_repository(str(partial), bare=True), clone_url, sha)
+        partial.rename(path)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    return pygit2.Repository(str(path))
+
+
+def _repair(path: Path, clone_url: str, problem: object) -> None:
+    log.warning(
+        "the mirror of %s at %s cannot be used (%s): removing it and fetching it again",
+        redact(clone_url),
+        path,
+        problem,
+    )
+    metrics.cache_repaired("mirror")
+    shutil.rmtree(path, ignore_errors=True)
+
+
 def _mirror(cache: Path, clone_url: str, sha: str) -> pygit2.Repository:
     """A bare mirror of `clone_url` under `cache` that holds `sha`: fetched only when it does
     not yet (branches and tags, then the commit itself for heads no branch names, like a pull
-    request from a fork)."""
+    request from a fork). A mirror that cannot be opened, or fetched into for a reason that
+    is not the remote's, is removed and made again, once per call."""
     path = cache / (hashlib.sha256(clone_url.encode()).hexdigest()[:16] + ".git")
     lock = _locks.setdefault(str(path), threading.Lock())
     if not lock.acquire(timeout=FETCH_DEADLINE):  # another fetch of it hangs
         raise WorkspaceUnavailable(f"{redact(clone_url)} is still being fetched by another run")
     try:
+        repo: pygit2.Repository | None = None
         if path.exists():
-            repo = pygit2.Repository(str(path))
-        else:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            repo = pygit2.init_repository(str(path), bare=True)
-        if not _has(repo, sha):
-            remote = repo.remotes.create_anonymous(clone_url)
-            remote.fetch(["+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*"])
-            if not _has(repo, sha):
-                with contextlib.suppress(pygit2.GitError):  # servers may refuse a bare sha
-                    remote.fetch([sha])
-        return repo
+            try:
+                repo = pygit2.Repository(str(path))
+                if not repo.is_bare:  # what an interrupted init leaves (an empty config)
+                    raise _Repaired("it is not a bare repository")
+            except (pygit2.GitError, _Repaired) as exc:
+                _repair(path, clone_url, exc)
+                repo = None
+        if repo is not None:
+            if _has(repo, sha):
+                return repo
+            try:
+                _fetch(repo, clone_url, sha)
+                return repo
+            except pygit2.GitError as exc:
+                if fetch_verdict(str(exc)) is not None:  # the remote's answer, not the mirror
+                    raise _refused(clone_url, exc) from exc
+                _repair(path, clone_url, exc)
+        try:
+            return _made(cache, path, clone_url, sha)
+        except pygit2.GitError as exc:
+            raise _refused(clone_url, exc) from exc
     finally:
         lock.release()
 
@@ -134,7 +199,7 @@ class Workspaces:
         clone_url, sha = trigger.get("clone_url"), trigger.get("sha")
         if clone_url and sha:
             # each attempt its own folder: one given up at its deadline may still be writing
-            partial = Path(tempfile.mkdtemp(prefix=f"{path.name}.partial-", dir=self.root))
+            partial = Path(tempfile.mkdtemp(prefix=f"{path.name}{PARTIAL}", dir=self.root))
             cache = self.root.parent / "clones"
 
             def checkout() -> str:
@@ -149,7 +214,7 @@ class Workspaces:
             except pygit2.GitError as exc:
                 shutil.rmtree(partial, ignore_errors=True)
                 raise WorkspaceUnavailable(f"fetching {redact(str(clone_url))}: {exc}") from exc
-            except PermanentError:
+            except (PermanentError, WorkspaceUnavailable):
                 shutil.rmtree(partial, ignore_errors=True)
                 raise
             _record(path).write_text(objects + "\n", encoding="utf-8")
@@ -165,3 +230,41 @@ class Workspaces:
             return
         await asyncio.to_thread(shutil.rmtree, path, True)
         _record(path).unlink(missing_ok=True)
+
+
+def _leftovers(root: Path) -> tuple[list[Path], dict[int, Path]]:
+    """(half-made folders, {run id: workspace}) under a data directory."""
+    partial = [
+        *root.glob(f"workspaces/run-*{PARTIAL}*"),
+        *root.glob(f"clones/*.git{PARTIAL}*"),
+        *root.glob(f"mirrors/*.git{PARTIAL}*"),
+        *root.glob("checkouts/*/*.partial"),
+    ]
+    spaces = {
+        int(path.name.removeprefix("run-")): path
+        for path in root.glob("workspaces/run-*")
+        if path.name.removeprefix("run-").isdigit() and path.is_dir()
+    }
+    return [p for p in partial if p.is_dir()], spaces
+
+
+def _remove(paths: list[Path]) -> None:
+    for path in paths:
+        shutil.rmtree(path, ignore_errors=True)
+        _record(path).unlink(missing_ok=True)
+        log.info("removed %s at start (half-made, or its run is finished)", path)
+
+
+async def sweep(data_dir: Path, store: Store, *, keep_failed: bool = False) -> list[Path]:
+    """What a node removes when it starts (before its workers take up runs): folders a killed
+    process left half-made (`*.partial-*` workspaces and mirrors, never renamed into place) and
+    the workspaces of runs that are finished (kept for failed runs with `keep_failed`). The
+    data directory is one node's own; returns what was removed, each logged."""
+    found, spaces = await asyncio.to_thread(_leftovers, data_dir)
+    for run_id, path in sorted(spaces.items()):
+        run = await store.get_run(run_id)
+        kept = keep_failed and run is not None and run.status != "succeeded"
+        if (run is None or run.status in FINISHED) and not kept:
+            found.append(path)
+    await asyncio.to_thread(_remove, found)
+    return found

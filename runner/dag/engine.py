@@ -36,6 +36,8 @@ from runner.model import (
     Step,
     StepRun,
     StepStatus,
+    WaitFor,
+    run_wait,
 )
 from runner.reporting import Reporter
 from runner.revisions import BundleLoader
@@ -59,6 +61,14 @@ class EngineOptions:
     default_timeout: float = 600.0
     # the granted secrets (none without one): what each agent gets, and what every log masks
     secrets: SecretStore | None = None
+    # how long a run retries a repository that cannot be fetched for now before it fails
+    fetch_deadline: float = 1800.0
+
+
+# a repository that cannot be fetched for now is tried again after the time it has failed so
+# far (exponential backoff), within these bounds and never past the run's fetch deadline
+FETCH_RETRY_MIN = 5.0
+FETCH_RETRY_MAX = 300.0
 
 
 def inputs_digest(inputs: Mapping[str, Any]) -> str:
@@ -139,6 +149,7 @@ class _Execution:
         self.cancelled = asyncio.Event()
         self.lease_lost = False
         self.go: dict[str, _Go] = {}
+        self.waited = run.wait  # what the run waited for when this attempt took it up
 
     # -- lifecycle --------------------------------------------------------------------------------
     async def execute(self) -> Run:
@@ -152,11 +163,15 @@ class _Execution:
             held = await self._concurrency()
             if held is not None:
                 return held
-            started = await self.store.transition_run(self.run.id, "running")
+            # a run trying its fetch again still says so (and is not reported again) until
+            # its workspace is made
+            retrying = self._waited("fetch")
+            started = await self.store.transition_run(self.run.id, "running", wait=retrying)
             if started is None:
                 return await self._current()
             self.run = started
-            await self.engine.report(started)
+            if retrying is None:
+                await self.engine.report(started)
         for record in await self.store.get_steps(self.run.id):
             if record.status == "running":  # interrupted by a crash: it runs again
                 record = replace(record, status="pending")
@@ -178,26 +193,73 @@ class _Execution:
                 return await self._finish("failed", f"cannot prepare the workspace: {exc}")
             if self.cancelled.is_set() or self.lease_lost:  # while the workspace was made
                 return await self._conclude(False)
+            if self.run.wait is not None:  # fetched at last: it waits no more
+                self.run = await self.store.set_run_wait(self.run.id, None) or self.run
+                await self.engine.report(self.run)
             timed_out = await self._loop()
         except (ExecutorUnavailable, WorkspaceUnavailable) as exc:  # not the run's fault
-            # it waits queued, unfailed
-            log.warning("run %d paused: %s", self.run.id, exc)
+            # it waits queued, unfailed, saying what for and until when
+            heartbeat.cancel()  # the lease is this path's to set now
+            now = self.engine.clock()
+            if isinstance(exc, WorkspaceUnavailable):
+                wait = self._fetch_wait(str(exc), now)
+                if wait is None:
+                    deadline = self.engine.options.fetch_deadline
+                    return await self._finish(
+                        "failed",
+                        f"cannot fetch the repository: still failing after {deadline:g}s"
+                        f" (executor.fetch_deadline): {exc}",
+                    )
+            else:
+                retry_after: float | None = getattr(exc, "retry_after", None)
+                wait = run_wait(
+                    "executor",
+                    f"the executor is unavailable: {exc}",
+                    self._since("executor", now),
+                    None if retry_after is None else now + retry_after,
+                )
+            log.warning("run %d paused: %s", self.run.id, wait["reason"])
             requeued = await self.store.transition_run(
                 self.run.id,
                 "queued",
                 only_from=["running"],  # never a cancelled run again
+                wait=wait,
             )
             if requeued is None:  # cancelled meanwhile: finish as that
                 self.cancelled.set()
                 return await self._conclude(False)
+            node = self.engine.options.node
             if isinstance(exc, ExecutorUnavailable):  # the breaker decides when to go on
-                await self.store.release_run(self.engine.options.node, self.run.id)
-            # else the lease runs out first: a repository that cannot be fetched is tried
-            # again once a lease later, not at once
+                await self.store.release_run(node, self.run.id)
+            else:  # held until its next attempt: no node takes it up before
+                hold = max(float(wait["next_attempt"]) - now, 0.0)
+                await self.store.extend_leases(node, [self.run.id], hold)
             return requeued
         finally:
             heartbeat.cancel()
         return await self._conclude(timed_out)
+
+    def _waited(self, waits_for: WaitFor) -> dict[str, Any] | None:
+        """The run's wait when this attempt took it up, if it waited for `waits_for`."""
+        if self.waited is not None and self.waited.get("for") == waits_for:
+            return dict(self.waited)
+        return None
+
+    def _since(self, waits_for: WaitFor, now: float) -> float:
+        """When the run began waiting for `waits_for` (now, unless it already did)."""
+        earlier = self._waited(waits_for)
+        return float(earlier["since"]) if earlier is not None else now
+
+    def _fetch_wait(self, reason: str, now: float) -> dict[str, Any] | None:
+        """The wait of a run whose repository cannot be fetched for now: tried again after as
+        long as it has failed so far (within FETCH_RETRY_MIN..MAX, not past the deadline);
+        None once the run has failed to fetch for `fetch_deadline` (it fails)."""
+        since = self._since("fetch", now)
+        left = since + self.engine.options.fetch_deadline - now
+        if left <= 0:
+            return None
+        delay = min(max(FETCH_RETRY_MIN, now - since), FETCH_RETRY_MAX, left)
+        return run_wait("fetch", reason, since, now + delay)
 
     async def _conclude(self, timed_out: bool) -> Run:
         if self.lease_lost:
@@ -212,7 +274,14 @@ class _Execution:
                 )
             return await self._finish("cancelled", None)
         if any(self.status.get(s.id) == "waiting_approval" for s in unfinished):
-            waiting = await self.store.transition_run(self.run.id, "waiting_approval")
+            gates = await self.store.list_approvals(run_id=self.run.id, status="pending")
+            reason = "; ".join(f"step {g.step_id} waits for approval {g.id}" for g in gates)
+            wait = run_wait(
+                "approval",
+                reason or "a step waits for approval",
+                min((g.requested_at for g in gates), default=self.engine.clock()),
+            )
+            waiting = await self.store.transition_run(self.run.id, "waiting_approval", wait=wait)
             return waiting or await self._current()
         return await self._finish(graph.outcome(self.status), None)
 
@@ -245,8 +314,15 @@ class _Execution:
         if policy == "skip" and busy:
             return await self._finish("skipped", f"run {busy[0].id} of group {group!r} is active")
         if policy == "queue" and (busy or any(r.id < self.run.id for r in others)):
+            first = busy[0] if busy else min(others, key=lambda r: r.id)
+            reason = f"run {first.id} of concurrency group {group!r} goes first"
+            held = self.run
+            if self.run.wait is None or self.run.wait.get("reason") != reason:
+                since = self._since("concurrency", self.engine.clock())
+                wait = run_wait("concurrency", reason, since)
+                held = await self.store.set_run_wait(self.run.id, wait) or self.run
             await self.store.release_run(self.engine.options.node, self.run.id)
-            return self.run
+            return held
         if policy == "cancel-running":
             for other in others:
                 if other.id < self.run.id:

@@ -16,6 +16,7 @@ import logging
 import os
 import re
 import shutil
+import tempfile
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -24,6 +25,7 @@ from typing import Any
 
 import pygit2
 
+from runner import metrics
 from runner.errors import PermanentError, TransientError
 from runner.spec.compile import SourceFile
 from runner.spec.repo import repo_layout
@@ -43,6 +45,33 @@ class GitSourceConfig:
 
 def redact(url: str) -> str:
     return re.sub(r"//[^@/]*@", "//***@", url)
+
+
+# What libgit2 says when the remote refused for good (not there, not allowed: trying again
+# changes nothing) or for now (down, overloaded, unreachable); anything else may be the local
+# mirror's trouble (a lock left by a crash, a damaged file).
+_PERMANENT = re.compile(
+    r"status code: (401|403|404|410)\b|authentication required|authentication replays"
+    r"|repository not found|could not find repository|unsupported url protocol"
+    r"|does not appear to be a git repository",
+    re.IGNORECASE,
+)
+_TRANSIENT = re.compile(
+    r"status code: (408|425|429|5\d\d)\b|failed to connect|connection (refused|reset|closed)"
+    r"|timed out|timeout|failed to resolve|could not resolve|early eof|unexpected eof|ssl"
+    r"|tls|failed to send request|failed to receive|network|broken pipe",
+    re.IGNORECASE,
+)
+
+
+def fetch_verdict(message: str) -> str | None:
+    """ "permanent" or "transient" when a fetch's error is the remote's answer (or the network's),
+    None when it may be the local mirror's fault."""
+    if _PERMANENT.search(message):
+        return "permanent"
+    if _TRANSIENT.search(message):
+        return "transient"
+    return None
 
 
 def _callbacks(config: GitSourceConfig) -> pygit2.RemoteCallbacks | None:
@@ -102,11 +131,43 @@ class GitSource:
     def repo(self) -> pygit2.Repository:
         if self._repo is None:
             if self.mirror_path.exists():
-                self._repo = pygit2.Repository(str(self.mirror_path))
-            else:
-                self.mirror_path.parent.mkdir(parents=True, exist_ok=True)
-                self._repo = pygit2.init_repository(str(self.mirror_path), bare=True)
+                try:
+                    repo = pygit2.Repository(str(self.mirror_path))
+                    if not repo.is_bare:  # what an interrupted init leaves (an empty config)
+                        raise pygit2.GitError("it is not a bare repository")
+                    self._repo = repo
+                except pygit2.GitError as exc:
+                    self._repair(exc)
+            if self._repo is None:
+                self._repo = self._init()
         return self._repo
+
+    def _init(self) -> pygit2.Repository:
+        """An empty mirror, made under a temporary name and renamed into place: a process
+        killed meanwhile leaves a `*.partial-*` folder (swept at start), never a half-made
+        mirror under the real name."""
+        parent = self.mirror_path.parent
+        parent.mkdir(parents=True, exist_ok=True)
+        partial = Path(tempfile.mkdtemp(prefix=f"{self.mirror_path.name}.partial-", dir=parent))
+        try:
+            pygit2.init_repository(str(partial), bare=True)
+            partial.rename(self.mirror_path)
+        except BaseException:
+            shutil.rmtree(partial, ignore_errors=True)
+            raise
+        return pygit2.Repository(str(self.mirror_path))
+
+    def _repair(self, problem: object) -> None:
+        log.warning(
+            "the mirror of source %s at %s cannot be used (%s): removing it and fetching again",
+            self.name,
+            self.mirror_path,
+            problem,
+        )
+        metrics.cache_repaired("source")
+        self._repo = None
+        self._last = None
+        shutil.rmtree(self.mirror_path, ignore_errors=True)
 
     def _url(self) -> str:
         url = self.config.url
@@ -115,6 +176,17 @@ class GitSource:
         return url
 
     def _fetch(self) -> str:
+        """The branch's head after a fetch; a mirror the fetch fails in for a reason that is
+        not the remote's is removed and made again, once."""
+        try:
+            return self._fetch_once()
+        except pygit2.GitError as exc:
+            if fetch_verdict(str(exc)) is not None:
+                raise
+            self._repair(exc)
+            return self._fetch_once()
+
+    def _fetch_once(self) -> str:
         repo = self.repo
         ref = f"refs/remotes/origin/{self.config.branch}"
         if "origin" in [r.name for r in repo.remotes]:
