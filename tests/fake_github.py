@@ -59,6 +59,40 @@ class FakeGitHub:
     # requests GitHub's description refuses, and answers of the fake it does not document
     violations: list[str] = field(default_factory=list)
     url: str = ""
+    # GitHub's rate limit, when set: requests left in the window and its reset (epoch s). Every
+    # answer then carries GitHub's x-ratelimit-* headers; a request with none left is answered
+    # 403 "API rate limit exceeded" (as GitHub does) and recorded in `over_limit`
+    rate_remaining: int | None = None
+    rate_reset: float = 0.0
+    over_limit: list[tuple[str, str]] = field(default_factory=list)
+
+    def rate_headers(self) -> dict[str, str]:
+        if self.rate_remaining is None:
+            return {}
+        return {
+            "x-ratelimit-limit": "5000",
+            "x-ratelimit-remaining": str(max(self.rate_remaining, 0)),
+            "x-ratelimit-used": str(5000 - max(self.rate_remaining, 0)),
+            "x-ratelimit-reset": str(int(self.rate_reset)),
+            "x-ratelimit-resource": "core",
+        }
+
+    def spend(self, method: str, path: str) -> Response | None:
+        """Count a request against the rate limit; GitHub's refusal once none is left."""
+        if self.rate_remaining is None:
+            return None
+        if self.rate_remaining <= 0 and time.time() < self.rate_reset:
+            self.over_limit.append((method, path))
+            return JSONResponse(
+                {
+                    "message": "API rate limit exceeded for user ID 1.",
+                    "documentation_url": "https://docs.github.com/rest/overview/rate-limits-for-the-rest-api",
+                },
+                status_code=403,
+                headers=self.rate_headers(),
+            )
+        self.rate_remaining -= 1
+        return None
 
     def comment_json(self, index: int) -> dict[str, Any]:
         """Comment `index` (0-based) as GitHub's `issue-comment` answer."""
@@ -84,6 +118,9 @@ class FakeGitHub:
         async def endpoint(request: Request) -> Response:
             method, path = request.method, request.url.path
             self.calls.append((method, path))
+            refused = self.spend(method, path)
+            if refused is not None:
+                return refused
             raw = await request.body()
             body, problems = None, []
             if raw:
@@ -111,8 +148,8 @@ class FakeGitHub:
                 f"the fake's answer: {p}" for p in check_response(method, path, status, answer)
             )
             if answer is None:
-                return Response(status_code=status)
-            return JSONResponse(answer, status_code=status)
+                return Response(status_code=status, headers=self.rate_headers())
+            return JSONResponse(answer, status_code=status, headers=self.rate_headers())
 
         return endpoint
 

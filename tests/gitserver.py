@@ -24,6 +24,7 @@ def _backend() -> str:
 class _Handler(BaseHTTPRequestHandler):
     root: Path
     down = False
+    status = 0  # every request answered with this HTTP status (0: served normally)
     hang = 0.0  # seconds to stall before answering (a hung remote)
     auth: str | None = None  # the Authorization header every request must carry
 
@@ -32,6 +33,9 @@ class _Handler(BaseHTTPRequestHandler):
             time.sleep(self.hang)
         if self.down:
             self.send_error(503, "down for the test")
+            return
+        if self.status:
+            self.send_error(self.status, "failing for the test")
             return
         if self.auth is not None and self.headers.get("Authorization") != self.auth:
             self.send_response(401)
@@ -84,7 +88,9 @@ class _Handler(BaseHTTPRequestHandler):
 class GitServer:
     def __init__(self, root: Path) -> None:
         self.root = root
-        handler = type("Handler", (_Handler,), {"root": root, "down": False, "hang": 0.0})
+        handler = type(
+            "Handler", (_Handler,), {"root": root, "down": False, "status": 0, "hang": 0.0}
+        )
         self.handler = handler
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
@@ -94,6 +100,10 @@ class GitServer:
 
     def set_down(self, down: bool) -> None:
         self.handler.down = down
+
+    def set_status(self, status: int) -> None:
+        """Answer every request with `status` (0: serve normally again)."""
+        self.handler.status = status
 
     def set_hang(self, seconds: float) -> None:
         self.handler.hang = seconds

@@ -35,9 +35,25 @@ SCHEMAS: dict[str, Any] = {
             "trigger": OBJ,
             "inputs": OBJ,
             "error": NSTR,
+            "wait": {
+                "description": "What the unfinished run waits for (times in epoch seconds)"
+                ", or null when it does not wait.",
+                "oneOf": [{"type": "null"}, ref("Wait")],
+            },
             "created_at": TIME,
             "started_at": TIME,
             "finished_at": TIME,
+        }
+    ),
+    "Wait": _closed(
+        {
+            "for": {"enum": ["fetch", "executor", "concurrency", "approval"]},
+            "reason": STR,
+            "since": {"type": "number", "description": "epoch seconds"},
+            "next_attempt": {
+                "type": ["number", "null"],
+                "description": "epoch seconds of the next try; null when none is scheduled",
+            },
         }
     ),
     "Step": _closed(

@@ -29,6 +29,8 @@ def run_view(run: Run) -> dict[str, Any]:
         "trigger": dict(run.trigger),
         "inputs": dict(run.inputs),
         "error": run.error,
+        # what the run waits for (epoch seconds, as stored: model.run_wait), or null
+        "wait": dict(run.wait) if run.wait is not None else None,
         "created_at": when(run.created_at),
         "started_at": when(run.started_at),
         "finished_at": when(run.finished_at),
