@@ -48,6 +48,7 @@ class FakeGitLab:
     rejected: list[tuple[str, str, dict[str, Any]]] = field(default_factory=list)  # 400s
     calls: list[tuple[str, str]] = field(default_factory=list)  # (method, raw path)
     fail_next: list[int] = field(default_factory=list)  # status codes to answer next, in order
+    fail_headers: dict[str, str] = field(default_factory=dict)  # sent with those answers
     bot: str = "runner-bot"  # the token's user: the author of the notes it posts
     url: str = ""
 
@@ -202,7 +203,7 @@ class FakeGitLab:
                 return JSONResponse({"message": "401 Unauthorized"}, status_code=401)
             if self.fail_next:
                 code = self.fail_next.pop(0)
-                return Response(f"fake failure {code}", status_code=code)
+                return Response(f"fake failure {code}", status_code=code, headers=self.fail_headers)
             for method, pattern, handler in table:
                 match = pattern.fullmatch(raw)
                 if match and method == request.method:

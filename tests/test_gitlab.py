@@ -8,6 +8,7 @@ import copy
 import itertools
 import json
 import logging
+import time
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -20,6 +21,7 @@ from runner.dispatch import Dispatcher
 from runner.errors import TransientError
 from runner.forges.events import ForgeEvent, parse
 from runner.forges.gitlab import GitLabClient
+from runner.forges.http import RateLimited
 from runner.model import Approval, Run
 from runner.reporting import Reporter
 from runner.revisions import BundleLoader
@@ -316,6 +318,26 @@ async def test_a_5xx_or_429_is_retried(gitlab: FakeGitLab) -> None:
     await client.close()
     path = "/api/v4/projects/gitlab-org%2Fgitlab-test/merge_requests/9"
     assert gitlab.calls.count(("GET", path)) == 3
+
+
+async def test_a_spent_rate_limit_stops_calls_until_its_reset(gitlab: FakeGitLab) -> None:
+    """GitLab's RateLimit-* headers on a 429: no call is made until the reset; each fails fast."""
+    client = client_for(gitlab)
+    reset = int(time.time()) + 3600
+    gitlab.fail_next = [429]
+    gitlab.fail_headers = {
+        "RateLimit-Limit": "600",
+        "RateLimit-Remaining": "0",
+        "RateLimit-Reset": str(reset),
+        "Retry-After": "3600",
+    }
+    with pytest.raises(RateLimited, match="rate limit is spent until") as refused:
+        await client.pull_head(PROJECT, IID)
+    assert refused.value.until >= reset
+    with pytest.raises(RateLimited):  # not sent at all
+        await client.status(PROJECT, HEAD, "runner/build", "pending", "run 1: queued")
+    await client.close()
+    assert len(gitlab.calls) == 1
 
 
 async def test_a_persistent_5xx_is_a_transient_error(gitlab: FakeGitLab) -> None:

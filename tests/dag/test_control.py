@@ -178,9 +178,16 @@ async def test_concurrency_groups(harness: Harness, policy: str, first: str, sec
     else:
         held = await harness.go(two.id)
         if policy == "queue":
-            assert held.status == "queued"  # it waits behind run one
+            assert held.status == "queued"  # it waits behind run one, and says so
+            assert held.wait is not None
+            assert (held.wait["for"], held.wait["next_attempt"]) == ("concurrency", None)
+            assert held.wait["reason"] == f"run {one.id} of concurrency group 'g' goes first"
+            stored = await harness.store.get_run(two.id)
+            assert stored is not None
+            assert stored.wait == held.wait
         hold.unlink()
         assert (await asyncio.wait_for(task, 30)).status == first
         if held.status == "queued":
             held = await harness.go(two.id)
     assert held.status == second
+    assert held.wait is None

@@ -149,6 +149,12 @@ async def test_gate_waits_and_needs_distinct_allowed_approvers(harness: Harness)
     assert run.lease_owner is None
     assert await harness.statuses(run.id) == {"scan": "succeeded", "patch": "waiting_approval"}
     (gate,) = await harness.store.list_approvals(status="pending")
+    assert run.wait == {
+        "for": "approval",
+        "reason": f"step patch waits for approval {gate.id}",
+        "since": gate.requested_at,
+        "next_attempt": None,
+    }
     with pytest.raises(NotAllowed, match="bob is an author of this change"):
         await decide(
             harness.store,
@@ -187,6 +193,7 @@ async def test_gate_waits_and_needs_distinct_allowed_approvers(harness: Harness)
     assert done.status == "approved"
     run = await harness.go(run.id)
     assert run.status == "succeeded"
+    assert run.wait is None
     assert await harness.statuses(run.id) == {
         "scan": "succeeded",
         "patch": "succeeded",

@@ -399,6 +399,14 @@ async def test_engine_double_stopped_mid_run_opens_the_breaker_and_the_run_compl
         assert steps["b"].status in ("pending", "running")
         assert not (await guarded.health()).ok
         assert gauge("dagger") in (1, 2)
+        async with asyncio.timeout(60):  # paused once b's call failed: it says what for
+            while (paused := await world.store.get_run(run_id)) and paused.wait is None:
+                await asyncio.sleep(0.05)
+        assert paused is not None
+        assert paused.status == "queued"
+        assert paused.wait is not None
+        assert paused.wait["for"] == "executor"
+        assert paused.wait["reason"].startswith("the executor is unavailable: ")
 
         double.exec_delay = 0
         double.start()  # same port: the engine is back
@@ -418,6 +426,7 @@ async def test_engine_double_stopped_mid_run_opens_the_breaker_and_the_run_compl
     run = await world.store.get_run(run_id)
     assert run is not None
     assert run.status == "succeeded"
+    assert run.wait is None
     steps = {s.step_id: s for s in await world.store.get_steps(run_id)}
     assert steps["b"].outputs == {"n": 2}
     # each step's agent ran once on the engine: b's first exec was cut before it started

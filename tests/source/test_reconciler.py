@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from runner import metrics
 from runner.errors import TransientError
 from runner.model import StoredDocument
 from runner.scheduler import Scheduler
@@ -271,6 +272,36 @@ async def test_a_hung_remote_is_cut_off_at_the_deadline(
     status = await store.get_source_status("main")
     assert status is not None
     assert {c.type: c.reason for c in status.conditions}["Ready"] == "FetchFailed"
+
+
+async def test_a_half_made_source_mirror_is_made_again(
+    tmp_path: Path, server: GitServer, store: Store, caplog: pytest.LogCaptureFixture
+) -> None:
+    repo = Repo(tmp_path, server)
+    repo.commit({"workflows/a.yaml": NIGHTLY.format(name="a", cron="0 3 * * *")})
+    source = GitSource(GitSourceConfig(name="main", url=repo.url), tmp_path / "data")
+    # what a process killed while it made the mirror left: an init cut short (an empty,
+    # locked config and no HEAD yet), which libgit2 calls "Repository not found"
+    git(tmp_path, "init", "-q", "--bare", str(source.mirror_path))
+    (source.mirror_path / "config").write_text("")
+    (source.mirror_path / "config.lock").write_text("")
+    (source.mirror_path / "HEAD").unlink()
+    before = metrics.CACHE_REPAIRS.labels("source")._value.get()
+    result = await Reconciler(store, source).reconcile()
+    assert result.applied
+    assert metrics.CACHE_REPAIRS.labels("source")._value.get() == before + 1
+    assert "the mirror of source main" in caplog.text
+    assert "removing it and fetching again" in caplog.text
+    assert not (source.mirror_path / "config.lock").exists()
+    assert not list(source.mirror_path.parent.glob("*.partial-*"))
+    # a lock a killed fetch left inside a mirror that opens: the fetch fails for a reason
+    # that is not the remote's, and the mirror is made again
+    repo.commit({"workflows/b.yaml": NIGHTLY.format(name="b", cron="0 4 * * *")})
+    (source.mirror_path / "refs" / "remotes" / "origin").mkdir(parents=True, exist_ok=True)
+    (source.mirror_path / "refs" / "remotes" / "origin" / "main.lock").write_text("")
+    restarted = GitSource(source.config, tmp_path / "data")
+    assert (await Reconciler(store, restarted).reconcile()).applied
+    assert metrics.CACHE_REPAIRS.labels("source")._value.get() == before + 2
 
 
 LINT = """\
