@@ -89,6 +89,8 @@ def _made(cache: Path, path: Path, clone_url: str, sha: str) -> pygit2.Repositor
     partial = Path(tempfile.mkdtemp(prefix=f"{path.name}{PARTIAL}", dir=cache))
     try:
         _fetch(pygit2.init_repository(str(partial), bare=True), clone_url, sha)
+        if path.exists():  # what a repair could not remove in one go
+            shutil.rmtree(path)
         partial.rename(path)
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
@@ -211,7 +213,7 @@ class Workspaces:
                 raise WorkspaceUnavailable(
                     f"fetching {redact(str(clone_url))} took over {FETCH_DEADLINE:g}s"
                 ) from None
-            except pygit2.GitError as exc:
+            except (pygit2.GitError, OSError) as exc:  # a checkout that failed, a full disk
                 shutil.rmtree(partial, ignore_errors=True)
                 raise WorkspaceUnavailable(f"fetching {redact(str(clone_url))}: {exc}") from exc
             except (PermanentError, WorkspaceUnavailable):

@@ -9,7 +9,9 @@ from pathlib import Path
 import pytest
 
 from runner.errors import PermanentError
-from runner.workspace import Workspaces, borrowed_objects
+from runner.model import RunRequest
+from runner.store.base import open_store
+from runner.workspace import Workspaces, borrowed_objects, sweep
 from tests.source.test_reconciler import git
 
 pytestmark = pytest.mark.anyio
@@ -102,3 +104,36 @@ async def test_a_hung_remote_is_given_up_at_the_deadline(
         spaces = Workspaces(tmp_path / "data" / "workspaces")
         with pytest.raises(workspace.WorkspaceUnavailable, match=r"took over 0\.5s"):
             await spaces.prepare(1, {"clone_url": repo.url, "sha": sha})
+
+
+async def test_the_sweep_at_start_keeps_what_unfinished_runs_and_kept_failures_need(
+    tmp_path: Path,
+) -> None:
+    store = open_store(f"sqlite:///{tmp_path}/runner.db")
+    await store.open()
+    await store.migrate()
+    try:
+        runs = []
+        for key in ("queued", "succeeded", "failed"):
+            run, _ = await store.request_run(
+                RunRequest(workflow="w", source="s", revision="r", idempotency_key=key)
+            )
+            if key != "queued":
+                await store.transition_run(run.id, "running")
+                await store.transition_run(run.id, key)  # type: ignore[arg-type]
+            runs.append(run.id)
+        data = tmp_path / "data"
+        names = zip(("q", "s", "f"), runs, strict=True)
+        spaces = {key: data / "workspaces" / f"run-{i}" for key, i in names}
+        for path in spaces.values():
+            path.mkdir(parents=True)
+            path.with_name(path.name + ".mirror").write_text("x\n")
+        removed = await sweep(data, store, keep_failed=True)
+        assert removed == [spaces["s"]]
+        assert not spaces["s"].with_name(spaces["s"].name + ".mirror").exists()
+        assert spaces["q"].is_dir()
+        assert spaces["f"].is_dir()
+        assert await sweep(data, store) == [spaces["f"]]  # without keep_failed_workspaces
+        assert spaces["q"].is_dir()
+    finally:
+        await store.close()
