@@ -65,8 +65,8 @@ _TRANSIENT = re.compile(
 
 
 def fetch_verdict(message: str) -> str | None:
-    """ "permanent" or "transient" when a fetch's error is the remote's answer (or the network's),
-    None when it may be the local mirror's fault."""
+    """What a fetch's error says: `permanent` or `transient` when it is the remote's answer
+    (or the network's), None when it may be the local mirror's fault."""
     if _PERMANENT.search(message):
         return "permanent"
     if _TRANSIENT.search(message):
