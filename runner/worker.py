@@ -14,6 +14,7 @@ import time
 
 from runner.approvals import expire_due
 from runner.dag.engine import Engine
+from runner.model import run_wait
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +36,10 @@ class WorkerPool:
     async def _housekeeping(self) -> None:
         await self.store.reap_abandoned()
         await expire_due(self.store, time.time())
+        accepting = getattr(self.engine.executor, "accepting", None)
+        if accepting is not None and not accepting():  # runs are not taken up: say why
+            reason = "the executor's circuit breaker is open: runs start once it closes"
+            await self.store.note_queued_waits(run_wait("executor", reason, time.time()))
 
     async def run_forever(self, stop: asyncio.Event, *, grace: float = 30.0) -> None:
         last_housekeeping = 0.0

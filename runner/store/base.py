@@ -159,6 +159,11 @@ class Store(Protocol):
         """Record what an unfinished run waits for (`model.run_wait`; None: nothing), its
         status unchanged; None when the run is finished or missing."""
 
+    async def note_queued_waits(self, wait: Mapping[str, Any]) -> list[int]:
+        """Give `wait` to every queued run that waits for nothing and that no live lease holds
+        (runs no worker takes up for now, e.g. while the executor's circuit is open); their
+        ids. Taking a run up (its next status change) clears it again."""
+
     async def count_runs(self, *, status: Sequence[RunStatus]) -> int:
         """How many runs are in these statuses (queue depth, waiting approvals)."""
 

@@ -615,6 +615,19 @@ class SqlStore(AuditQueries):
 
         return await self._in_tx(body)
 
+    async def note_queued_waits(self, wait: Mapping[str, Any]) -> list[int]:
+        now = self.clock()
+
+        async def body(tx: Tx) -> list[int]:
+            found = await tx.all(
+                "UPDATE runs SET wait = ? WHERE status = 'queued' AND wait IS NULL"
+                " AND (lease_owner IS NULL OR lease_expires_at < ?) RETURNING id",
+                (rows.dumps(dict(wait)), now),
+            )
+            return sorted(int(r[0]) for r in found)
+
+        return await self._in_tx(body)
+
     async def count_runs(self, *, status: Sequence[RunStatus]) -> int:
         marks = ", ".join("?" for _ in status)
 

@@ -455,6 +455,9 @@ async def test_while_the_circuit_is_open_a_paused_run_waits_queued(
     steps = {s.step_id: s.status for s in await world.store.get_steps(run_id)}
     assert steps["a"] == "pending"  # not failed (this part holds today)
     assert run.status == "queued"
+    assert run.wait is not None  # and it says what it waits for
+    assert run.wait["for"] == "executor"
+    assert run.wait["reason"].startswith("the executor is unavailable: ")
 
 
 async def test_while_the_circuit_is_open_workers_do_not_take_runs(
@@ -465,7 +468,7 @@ async def test_while_the_circuit_is_open_workers_do_not_take_runs(
     await guarded.check()
     assert guarded.state == "open"
     world = make_world(guarded)
-    await world.request(repo)
+    run_id = await world.request(repo)
     pool = WorkerPool(world.engine, slots=1, poll=0.05)
     stop = asyncio.Event()
     task = asyncio.create_task(pool.run_forever(stop, grace=1))
@@ -474,6 +477,12 @@ async def test_while_the_circuit_is_open_workers_do_not_take_runs(
     await task
     started = [e for e in world.events if e[2] == "running"]
     assert started == []  # today: a busy loop of starts refused by the breaker
+    run = await world.store.get_run(run_id)
+    assert run is not None
+    assert run.status == "queued"
+    assert run.wait is not None  # not taken up, and it says why
+    assert run.wait["for"] == "executor"
+    assert "circuit breaker is open" in run.wait["reason"]
 
 
 async def test_breaker_transitions_are_logged_at_warning_when_opening(

@@ -148,6 +148,25 @@ async def test_a_runs_wait_is_kept_until_it_moves_on(store: Store, clock: Clock)
     assert (await store.get_run(run.id)) == done
 
 
+async def test_queued_runs_no_lease_holds_are_told_what_they_wait_for(
+    store: Store, clock: Clock
+) -> None:
+    free, _ = await store.request_run(request("free"))
+    held, _ = await store.request_run(request("held"))
+    told, _ = await store.request_run(request("told"))
+    assert await store.acquire_run("node-a", held.id, 60) is not None
+    earlier = run_wait("concurrency", "run 9 of concurrency group 'g' goes first", clock.now)
+    await store.set_run_wait(told.id, earlier)
+    circuit = run_wait("executor", "the executor's circuit breaker is open", clock.now)
+    assert await store.note_queued_waits(circuit) == [free.id]
+    assert (await store.get_run(free.id)).wait == circuit  # type: ignore[union-attr]
+    assert (await store.get_run(held.id)).wait is None  # type: ignore[union-attr]
+    assert (await store.get_run(told.id)).wait == earlier  # type: ignore[union-attr]
+    started = await store.transition_run(free.id, "running")
+    assert started is not None
+    assert started.wait is None
+
+
 # -- leases ----------------------------------------------------------------------------------
 
 
