@@ -50,6 +50,7 @@ class Service:
     base: str
     home: Path
     log: Path
+    process: subprocess.Popen[str]
 
     def run(self, run_id: int) -> dict[str, Any]:
         """The run as the REST API shows it."""
@@ -136,9 +137,9 @@ def serving(tmp_path: Path, github: FakeGitHub, *, deadline: str = "30m") -> Ite
 
     try:
         wait_for(ready)
-        yield Service(base=base, home=home, log=log)
+        yield Service(base=base, home=home, log=log, process=process)
     finally:
-        process.send_signal(signal.SIGTERM)
+        process.send_signal(signal.SIGTERM)  # nothing when the test killed it
         process.wait(timeout=60)
         assert "gh-t0ken" not in log.read_text()
 
@@ -206,6 +207,29 @@ def test_a_half_made_mirror_is_made_again_and_leftovers_are_swept_at_start(
     assert not (mirror / "config.lock").exists()
     assert "bare = true" in (mirror / "config").read_text()
     assert not list(mirror.parent.glob("*.partial-*"))
+
+
+def test_a_runner_killed_while_it_fetches_a_new_repository_leaves_no_half_made_mirror(
+    tmp_path: Path, server: GitServer, github: FakeGitHub, app: str
+) -> None:
+    url = server.url("app.git")
+    data = tmp_path / "svc" / ".runner"
+    mirror = mirror_of(tmp_path / "svc", url)
+    server.set_hang(10)  # the first fetch stalls: the runner is killed in the middle of it
+    with serving(tmp_path, github) as service:
+        open_pull(service, github, app, url)
+        wait_for(lambda: list(mirror.parent.glob("*.partial-*")), timeout=60)
+        service.process.kill()
+        service.process.wait(timeout=30)
+    assert not mirror.exists()  # never a half-made mirror under the real name
+    left = [*mirror.parent.glob("*.partial-*"), *data.glob("workspaces/run-*.partial-*")]
+    assert left
+    server.set_hang(0)
+    with serving(tmp_path, github) as service:
+        assert not any(folder.exists() for folder in left)  # swept at start
+        open_pull(service, github, app, url)  # run 1 is the killed node's until its lease ends
+        wait_for(lambda: service.run(2)["status"] == "succeeded", timeout=60)
+    assert "bare = true" in (mirror / "config").read_text()
 
 
 def test_a_clone_url_answering_404_fails_the_run_at_once_saying_why(
