@@ -312,7 +312,7 @@ async def serve(settings: Settings, *, role: str, stop: asyncio.Event, grace: fl
             },
             nudge_source=lambda name: by_source[name].nudge() if name in by_source else None,
             nudge_workers=workers.nudge,
-            comments=CommentHandler(rt.store, rt.engine.loader, clients),
+            comments=CommentHandler(rt.store, rt.engine.loader, clients, reporter=reporter),
             clients=clients,
             prcheck=PullRequestCheck(
                 rt.store,
@@ -375,6 +375,7 @@ async def serve(settings: Settings, *, role: str, stop: asyncio.Event, grace: fl
             source_names=[str(s["name"]) for s in settings.sources] or ["main"],
             on_requested=stored,
             clients=clients,
+            reporter=reporter,
         )
         app = create_app(
             checks,

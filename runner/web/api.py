@@ -23,6 +23,7 @@ from runner.dag import control
 from runner.errors import PermanentError, TransientError
 from runner.forges.api import ForgeClient, run_authors
 from runner.model import RUN_TRANSITIONS, Bundle, RunRequest, RunStatus, Workflow
+from runner.reporting import Reporter
 from runner.revisions import BundleLoader
 from runner.spec.inputs import InputsInvalid, resolve_inputs
 from runner.store.base import Store
@@ -107,7 +108,9 @@ class Api:
         source_names: Collection[str] = (),
         on_requested: Callable[[], None] = lambda: None,
         clients: Mapping[str, ForgeClient] | None = None,
+        reporter: Reporter | None = None,
     ) -> None:
+        self.reporter = reporter  # a cancel reports the run's final state to its forge
         self.clients = dict(clients or {})  # forge APIs: who authored a change, for approvals
         self.source_names = frozenset(source_names)
         self.store = store
@@ -313,7 +316,10 @@ class Api:
         try:
             if verb == "cancel":
                 run = await control.cancel(
-                    self.store, run_id, reason=f"cancelled by {who.name} (API)"
+                    self.store,
+                    run_id,
+                    reason=f"cancelled by {who.name} (API)",
+                    reporter=self.reporter,
                 )
             else:
                 run = await control.retry(self.store, run_id)

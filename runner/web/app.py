@@ -21,9 +21,11 @@ from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from runner import metrics
+from runner.store.budget import fail_fast
 from runner.web.api import Api
 from runner.web.errors import HANDLERS
 from runner.web.hooks import Hooks
@@ -32,6 +34,19 @@ from runner.web.ratelimit import RateLimits
 
 log = logging.getLogger(__name__)
 Check = Callable[[], Awaitable[tuple[bool, str]]]
+STORE_BUDGET = 2.5  # seconds a request's store call may retry: a 503 well within 3 s
+
+
+class StoreBudget:
+    """Every request's store calls give up after `budget` seconds (`runner.store.budget`): a
+    database that is away makes a request answer 503 with Retry-After, not hang."""
+
+    def __init__(self, app: ASGIApp, *, budget: float = STORE_BUDGET) -> None:
+        self.app, self.budget = app, budget
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        with fail_fast(self.budget):
+            await self.app(scope, receive, send)
 
 
 def create_app(
@@ -43,6 +58,7 @@ def create_app(
     rate_limits: Mapping[str, Any] | None = None,
     trusted_proxies: Iterable[str] = (),
     deadline: float = 2.0,
+    store_budget: float = STORE_BUDGET,
 ) -> Starlette:
     async def healthz(request: Request) -> JSONResponse:
         return JSONResponse({"status": "ok"})
@@ -104,11 +120,12 @@ def create_app(
     if api is not None:
         routes += api.routes()
     middleware = [
+        Middleware(StoreBudget, budget=store_budget),
         Middleware(
             RateLimits,
             config=dict(rate_limits or {}),
             on_limited=lambda kind: metrics.RATE_LIMITED.labels(kind).inc(),
-        )
+        ),
     ]
     proxies = list(trusted_proxies)
     if proxies:  # first: everything after it (limits, allowlist, access log) sees the client
