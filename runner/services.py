@@ -330,11 +330,12 @@ async def serve(settings: Settings, *, role: str, stop: asyncio.Event, grace: fl
             pending = await rt.store.pending_migrations()
             return (not pending, "migrations current" if not pending else f"pending: {pending}")
 
-        async def executor_ready() -> tuple[bool, str]:
-            # An open circuit is reported, not "unready": deliveries and API calls still work,
-            # and runs wait queued until the engine is back.
-            health = await rt.executor.health()
-            return health.ok or rt.executor.state != "closed", health.detail
+        async def executor_state() -> dict[str, object]:
+            # Reported, never "unready", in any breaker state: deliveries and API calls still
+            # work, and runs wait queued until the engine is back (the alerts say so).
+            with contextlib.suppress(Exception):  # asks the engine, unless the circuit is open
+                await rt.executor.health()
+            return rt.executor.snapshot().as_dict()
 
         async def sources_ready() -> tuple[bool, str]:
             statuses = {s.name: s for s in await rt.store.list_source_statuses()}
@@ -351,8 +352,6 @@ async def serve(settings: Settings, *, role: str, stop: asyncio.Event, grace: fl
             return not missing, "; ".join(states)
 
         checks: dict[str, Check] = {"store": store_ready}
-        if role in ("all", "worker"):  # receiving webhooks and the API need no executor
-            checks["executor"] = executor_ready
         if sources:
             checks["sources"] = sources_ready
 
@@ -386,6 +385,7 @@ async def serve(settings: Settings, *, role: str, stop: asyncio.Event, grace: fl
             ),
             rate_limits=settings.rate_limits,
             trusted_proxies=settings.trusted_proxies,
+            executor_state=executor_state if role in ("all", "worker") else None,
         )
         server = _Server(
             uvicorn.Config(

@@ -59,7 +59,11 @@ def create_app(
     trusted_proxies: Iterable[str] = (),
     deadline: float = 2.0,
     store_budget: float = STORE_BUDGET,
+    executor_state: Callable[[], Awaitable[Mapping[str, Any]]] | None = None,
 ) -> Starlette:
+    """`checks` decide readiness; `executor_state` (worker replicas) is reported in the
+    readiness body and never decides it (docs/operations.md, "Monitoring")."""
+
     async def healthz(request: Request) -> JSONResponse:
         return JSONResponse({"status": "ok"})
 
@@ -78,7 +82,13 @@ def create_app(
             log.warning(
                 "not ready: %s", {k: v["detail"] for k, v in results.items() if not v["ok"]}
             )
-        return JSONResponse({"ready": ready, "checks": results}, status_code=200 if ready else 503)
+        body: dict[str, Any] = {"ready": ready, "checks": results}
+        if executor_state is not None:
+            try:
+                body["executor"] = dict(await asyncio.wait_for(executor_state(), deadline))
+            except Exception as exc:  # described, never a crash, and never "not ready"
+                body["executor"] = {"detail": f"{type(exc).__name__}: {exc}"}
+        return JSONResponse(body, status_code=200 if ready else 503)
 
     async def scrape(request: Request) -> Response:
         if refresh_metrics is not None:
