@@ -164,8 +164,7 @@ class CircuitBreaker:
         self._detail = detail
         if up != self._up:
             if self._up is not None:
-                log.log(
-                    logging.INFO if up else logging.WARNING,
+                log.debug(  # the breaker's transitions are the log lines that matter
                     "executor %s engine %s: %s",
                     self.name,
                     "up" if up else "down",
