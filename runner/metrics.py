@@ -105,6 +105,11 @@ CIRCUIT = Gauge(
     ["executor"],
     multiprocess_mode="mostrecent",
 )
+STORE_UP = Gauge(
+    "runner_store_up",
+    "1 when this replica's last scrape read the store's state within its deadline, else 0.",
+    multiprocess_mode="mostrecent",
+)
 FORGE_CALLS = Counter(
     "runner_forge_api_calls_total",
     "Calls to forge APIs, by forge kind and result (ok, client_error, server_error, "

@@ -94,8 +94,10 @@ def create_app(
         if refresh_metrics is not None:
             try:
                 await asyncio.wait_for(refresh_metrics(), timeout=deadline)
+                metrics.STORE_UP.set(1)
             except Exception as exc:  # stale gauges beat no metrics at all
-                log.warning("refreshing metrics from the store: %s", exc)
+                metrics.STORE_UP.set(0)
+                log.warning("refreshing metrics from the store: %s", exc or type(exc).__name__)
         body, kind = metrics.exposition()
         return Response(body, media_type=kind)
 
