@@ -368,10 +368,9 @@ class Api:
         gate = await self.store.get_approval(approval_id)
         if gate is None:
             raise ApiError(404, f"there is no approval {approval_id}")
+        run = await self.store.get_run(gate.run_id)  # a store away answers 503 (errors.py)
         try:  # who the forge says authored the change, as for a comment
-            authors = await run_authors(
-                await self.store.get_run(gate.run_id), gate.sha, self.clients
-            )
+            authors = await run_authors(run, gate.sha, self.clients)
         except TransientError as exc:
             raise ApiError(
                 503,
