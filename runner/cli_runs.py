@@ -270,6 +270,10 @@ async def _approve(
             for g in await rt.store.list_approvals(run_id=run_id, status="pending")
             if step is None or g.step_id == step
         ]
+        if not gates and run.status == "cancelled":  # its gates were closed with it
+            raise click.ClickException(
+                f"run {run_id} was cancelled ({run.error}): nothing waits for approval"
+            )
         if not gates:
             raise click.ClickException(
                 f"run {run_id} has no pending approval" + (f" for step {step!r}" if step else "")

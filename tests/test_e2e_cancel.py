@@ -258,6 +258,17 @@ def test_cancel_through_the_cli_finishes_the_run_everywhere(
     assert again.returncode == 1
     assert "only an unfinished run can be cancelled" in again.stderr
     assert "Traceback" not in again.stderr
+    # and `runner approve` says why nothing waits
+    late = subprocess.run(
+        [sys.executable, "-m", "runner", "approve", str(run["id"])],
+        cwd=service.home,
+        env={**service.env, "RUNNER_USER": "carol"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert late.returncode == 1
+    assert f"run {run['id']} was cancelled (cancelled by alice (CLI): wrong branch)" in late.stderr
 
 
 def test_a_new_push_supersedes_the_waiting_run_everywhere(
