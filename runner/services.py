@@ -334,7 +334,7 @@ async def serve(settings: Settings, *, role: str, stop: asyncio.Event, grace: fl
             # Reported, never "unready", in any breaker state: deliveries and API calls still
             # work, and runs wait queued until the engine is back (the alerts say so).
             with contextlib.suppress(Exception):  # asks the engine, unless the circuit is open
-                await rt.executor.health()
+                await asyncio.wait_for(rt.executor.health(), timeout=1.5)  # within /readyz's 2s
             return rt.executor.snapshot().as_dict()
 
         async def sources_ready() -> tuple[bool, str]:
