@@ -312,7 +312,7 @@ async def serve(settings: Settings, *, role: str, stop: asyncio.Event, grace: fl
             },
             nudge_source=lambda name: by_source[name].nudge() if name in by_source else None,
             nudge_workers=workers.nudge,
-            comments=CommentHandler(rt.store, rt.engine.loader, clients),
+            comments=CommentHandler(rt.store, rt.engine.loader, clients, reporter=reporter),
             clients=clients,
             prcheck=PullRequestCheck(
                 rt.store,
@@ -330,11 +330,12 @@ async def serve(settings: Settings, *, role: str, stop: asyncio.Event, grace: fl
             pending = await rt.store.pending_migrations()
             return (not pending, "migrations current" if not pending else f"pending: {pending}")
 
-        async def executor_ready() -> tuple[bool, str]:
-            # An open circuit is reported, not "unready": deliveries and API calls still work,
-            # and runs wait queued until the engine is back.
-            health = await rt.executor.health()
-            return health.ok or rt.executor.state != "closed", health.detail
+        async def executor_state() -> dict[str, object]:
+            # Reported, never "unready", in any breaker state: deliveries and API calls still
+            # work, and runs wait queued until the engine is back (the alerts say so).
+            with contextlib.suppress(Exception):  # asks the engine, unless the circuit is open
+                await asyncio.wait_for(rt.executor.health(), timeout=1.5)  # within /readyz's 2s
+            return rt.executor.snapshot().as_dict()
 
         async def sources_ready() -> tuple[bool, str]:
             statuses = {s.name: s for s in await rt.store.list_source_statuses()}
@@ -351,8 +352,6 @@ async def serve(settings: Settings, *, role: str, stop: asyncio.Event, grace: fl
             return not missing, "; ".join(states)
 
         checks: dict[str, Check] = {"store": store_ready}
-        if role in ("all", "worker"):  # receiving webhooks and the API need no executor
-            checks["executor"] = executor_ready
         if sources:
             checks["sources"] = sources_ready
 
@@ -375,6 +374,7 @@ async def serve(settings: Settings, *, role: str, stop: asyncio.Event, grace: fl
             source_names=[str(s["name"]) for s in settings.sources] or ["main"],
             on_requested=stored,
             clients=clients,
+            reporter=reporter,
         )
         app = create_app(
             checks,
@@ -385,6 +385,7 @@ async def serve(settings: Settings, *, role: str, stop: asyncio.Event, grace: fl
             ),
             rate_limits=settings.rate_limits,
             trusted_proxies=settings.trusted_proxies,
+            executor_state=executor_state if role in ("all", "worker") else None,
         )
         server = _Server(
             uvicorn.Config(

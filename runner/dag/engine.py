@@ -23,7 +23,7 @@ from typing import Any
 
 from runner import logs, metrics, tracing
 from runner.approvals import close_gates
-from runner.dag import graph
+from runner.dag import control, graph
 from runner.errors import PermanentError
 from runner.executors.base import Executor, ExecutorUnavailable, StepSpec
 from runner.model import (
@@ -115,11 +115,7 @@ class Engine:
             ),
         ):
             result = await _Execution(self, run).execute()
-        if result.status in FINISHED:
-            metrics.run_finished(
-                result.workflow, result.status, result.started_at, result.finished_at
-            )
-        await self.report(result)
+        await self.report(result)  # a run finished elsewhere (cancelled) is reported again
         return result
 
     async def report(self, run: Run) -> None:
@@ -220,8 +216,9 @@ class _Execution:
         done = await self.store.transition_run(self.run.id, status, error=error)
         await close_gates(self.store, self.run.id, f"the run ended {status}")
         await self.engine.workspaces.release(self.run.id, failed=status != "succeeded")
-        if done is None:
+        if done is None:  # finished meanwhile by someone else, who counted it
             return await self._current()
+        metrics.run_finished(done.workflow, done.status, done.started_at, done.finished_at)
         self.run = done
         return done
 
@@ -251,8 +248,10 @@ class _Execution:
             for other in others:
                 if other.id < self.run.id:
                     reason = f"cancelled by run {self.run.id} of concurrency group {group!r}"
-                    if await self.store.transition_run(other.id, "cancelled", error=reason):
-                        await close_gates(self.store, other.id, reason)
+                    with contextlib.suppress(PermanentError):  # finished meanwhile
+                        await control.cancel(
+                            self.store, other.id, reason=reason, reporter=self.engine.reporter
+                        )
         return None
 
     async def _heartbeat(self) -> None:

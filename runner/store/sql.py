@@ -32,7 +32,7 @@ from runner.model import (
     StepRun,
     StoredDocument,
 )
-from runner.store import rows
+from runner.store import budget, rows
 from runner.store.audit import AuditQueries
 from runner.store.base import LOG_LIMIT, TRUNCATION_MARKER
 from runner.store.tx import Tx, where
@@ -98,16 +98,20 @@ class SqlStore(AuditQueries):
         self, body: Callable[[Tx], Awaitable[T]], *, write: bool, single: bool = False
     ) -> T:
         delay = 0.02
+        end = budget.start_call()  # a request's budget (`budget.fail_fast`), or None
         for attempt in range(self.retries):
             try:
                 context = self._statement() if single else self._transaction(write=write)
                 async with context as tx:
                     return await body(tx)
             except TransientError as exc:
-                if attempt == self.retries - 1:
-                    raise
+                pause = delay * (1 + random.random())
+                if attempt == self.retries - 1 or (
+                    end is not None and time.monotonic() + pause >= end
+                ):
+                    raise budget.StoreUnavailable(f"the database did not answer: {exc}") from exc
                 log.warning("database busy or unreachable, retrying: %s", exc)
-                await asyncio.sleep(delay * (1 + random.random()))
+                await asyncio.sleep(pause)
                 delay = min(delay * 2, 2.0)
         raise AssertionError("unreachable")  # pragma: no cover
 
