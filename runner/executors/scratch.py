@@ -23,6 +23,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from runner.executors.base import ExecutorUnavailable
+
 log = logging.getLogger(__name__)
 
 PREFIX = "runner-step-"
@@ -33,11 +35,21 @@ _YOUNG = 60.0  # seconds: a folder without its lock file yet may be just being m
 @contextlib.contextmanager
 def step_folder(parent: Path | None) -> Iterator[Path]:
     """A new scratch folder under `parent` (the system's temporary folder when None), held
-    while the step runs and removed afterwards."""
-    if parent is not None:
-        parent.mkdir(parents=True, exist_ok=True)
-    folder = Path(tempfile.mkdtemp(prefix=PREFIX, dir=parent))
-    held = os.open(folder / HELD, os.O_CREAT | os.O_RDWR | os.O_CLOEXEC, 0o600)
+    while the step runs and removed afterwards. `ExecutorUnavailable` when it cannot be made
+    (a full disk, a data directory the runner may not write)."""
+    folder = None
+    try:
+        if parent is not None:
+            parent.mkdir(parents=True, exist_ok=True)
+        folder = Path(tempfile.mkdtemp(prefix=PREFIX, dir=parent))
+        held = os.open(folder / HELD, os.O_CREAT | os.O_RDWR | os.O_CLOEXEC, 0o600)
+    except OSError as exc:  # the machine's fault, not the agent's: the run waits
+        if folder is not None:
+            remove(folder)
+        where = parent or tempfile.gettempdir()
+        raise ExecutorUnavailable(
+            f"cannot make the step's scratch folder in {where}: {exc}"
+        ) from exc
     try:
         fcntl.flock(held, fcntl.LOCK_EX)
         yield folder
