@@ -268,6 +268,9 @@ class LocalExecutor:
             timed_out = not done
         finally:  # also when the step is cancelled: nothing of it is left running
             await _unstoppable(self._end(process, exited, pump, pipe))
+        failure = None if pump.cancelled() else pump.exception()
+        if failure is not None:  # the log could not be stored
+            raise failure
         code = process.returncode
         tail = masker.flush()
         if tail:
@@ -277,13 +280,11 @@ class LocalExecutor:
             message = f"timed out after {step.timeout:g}s; the agent's processes were killed"
             await log(f"[runner] {message}\n".encode())
             return StepResult(exit_code=None, error=message, timed_out=True, duration=duration)
-        if code is None or code != 0:
-            why = (
-                "did not end"
-                if code is None
-                else (f"killed by signal {-code}" if code < 0 else f"exited with code {code}")
-            )
-            if code is not None and code < 0 and -code == signal.SIGKILL:
+        if code is None:  # not even SIGKILL ended it (stuck in the kernel)
+            return StepResult(exit_code=None, error="the agent did not end", duration=duration)
+        if code != 0:
+            why = f"killed by signal {-code}" if code < 0 else f"exited with code {code}"
+            if code < 0 and -code == signal.SIGKILL:
                 why += " (out of memory?)"
             return StepResult(exit_code=code, error=f"the agent {why}", duration=duration)
         outputs, error = self._outputs(io / "output.json", step)
