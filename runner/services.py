@@ -102,7 +102,7 @@ async def runtime(
             ),
             EngineOptions(
                 node=node,
-                lease=parse_duration(settings.executor.lease),
+                lease=run_lease(settings),
                 max_parallel=settings.executor.max_parallel,
                 secrets=secret_store(settings),
             ),
@@ -184,6 +184,17 @@ def build_executor(settings: Settings) -> CircuitBreaker:
         cooldown=parse_duration(str(breaker.get("cooldown", "60s"))),
         successes=int(breaker.get("successes", 3)),
     )
+
+
+def run_lease(settings: Settings) -> float:
+    """`executor.lease` in seconds: how long a node's claim on a run lasts unrenewed."""
+    lease = parse_duration(settings.executor.lease)
+    if lease < 3:
+        raise UsageError(
+            f"executor.lease is {settings.executor.lease}: it must be at least 3s (a heartbeat"
+            " renews it every third of it); the default is 60s"
+        )
+    return lease
 
 
 def step_scratch(settings: Settings) -> Path:

@@ -22,7 +22,7 @@ from runner.executors.sandbox import find_bwrap
 from tests.executors.test_conformance import processes_with
 from tests.gitserver import git_server
 from tests.source.test_reconciler import Repo
-from tests.test_serve import free_port, wait_for
+from tests.test_serve import free_port, runner, wait_for
 from tests.web.service import serve
 
 TOKEN = "operator-t0ken-kill0000"
@@ -241,3 +241,13 @@ def test_scratch_folders_a_killed_node_left_are_swept_at_its_next_start(
         second.send_signal(signal.SIGTERM)
         second.wait(timeout=60)
     wait_for(lambda: processes_with(mark) == [], timeout=30)
+
+
+def test_a_lease_too_short_for_its_heartbeat_is_refused_saying_what_to_write(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "runner.yaml").write_text("executor: {lease: 1s}\n")
+    done = runner(tmp_path, "runs")
+    assert done.returncode == 2
+    assert "executor.lease is 1s: it must be at least 3s" in done.stderr
+    assert "Traceback" not in done.stderr
