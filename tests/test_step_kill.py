@@ -199,7 +199,7 @@ def test_scratch_folders_a_killed_node_left_are_swept_at_its_next_start(
     home.mkdir()
     port = free_port()
     (home / "runner.yaml").write_text(
-        f"listen: {{port: {port}}}\n{API}{source(repo)}executor: {{sandbox: false, lease: 2s}}\n"
+        f"listen: {{port: {port}}}\n{API}{source(repo)}executor: {{sandbox: false}}\n"
     )
     base = f"http://127.0.0.1:{port}"
     scratch = home / ".runner" / "steps"
