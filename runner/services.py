@@ -21,6 +21,7 @@ from runner.comments import CommentHandler
 from runner.dag.engine import Engine, EngineOptions, Listener
 from runner.dispatch import Dispatcher
 from runner.errors import UsageError
+from runner.executors import scratch
 from runner.executors.base import open_executor
 from runner.executors.breaker import CircuitBreaker
 from runner.executors.images import ImagePolicy
@@ -101,6 +102,7 @@ async def runtime(
             ),
             EngineOptions(
                 node=node,
+                lease=run_lease(settings),
                 max_parallel=settings.executor.max_parallel,
                 secrets=secret_store(settings),
             ),
@@ -167,6 +169,7 @@ def build_executor(settings: Settings) -> CircuitBreaker:
     options: dict[str, Any] = {}
     if config.kind == "local":
         options["sandbox"] = config.sandbox
+        options["scratch"] = step_scratch(settings)
     elif config.kind == "dagger":
         durations = ("connect_timeout", "health_timeout", "kill_grace", "deadline_slack")
         for key, value in config.dagger.items():
@@ -181,6 +184,31 @@ def build_executor(settings: Settings) -> CircuitBreaker:
         cooldown=parse_duration(str(breaker.get("cooldown", "60s"))),
         successes=int(breaker.get("successes", 3)),
     )
+
+
+def run_lease(settings: Settings) -> float:
+    """`executor.lease` in seconds: how long a node's claim on a run lasts unrenewed."""
+    lease = parse_duration(settings.executor.lease)
+    if lease < 3:
+        raise UsageError(
+            f"executor.lease is {settings.executor.lease}: it must be at least 3s (a heartbeat"
+            " renews it every third of it); the default is 60s"
+        )
+    return lease
+
+
+def step_scratch(settings: Settings) -> Path:
+    """Where steps' scratch folders go: `<data_dir>/steps`, absolute (the service may change
+    its working directory later; a step's own directory is its agent's)."""
+    return Path(settings.data_dir).resolve() / "steps"
+
+
+def sweep_step_scratch(settings: Settings) -> None:
+    """At a node's start: remove the scratch folders of steps a killed runner left behind."""
+    try:
+        scratch.sweep(step_scratch(settings))
+    except OSError as exc:  # not a reason to stay down: the next start tries again
+        log.warning("cannot sweep the step scratch folders: %s", exc)
 
 
 def build_sources(settings: Settings) -> list[Source]:
@@ -272,6 +300,8 @@ async def serve(settings: Settings, *, role: str, stop: asyncio.Event, grace: fl
     """`runner serve`: reconcilers, scheduler and workers (role worker), the HTTP service (role
     web), or all of them, until `stop` is set."""
     sources = build_sources(settings) if role in ("all", "worker") else []
+    if role in ("all", "worker"):
+        sweep_step_scratch(settings)
     by_name = {source.name: source for source in sources}
 
     def roots(source: str, revision: str) -> Path | None:

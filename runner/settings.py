@@ -61,6 +61,7 @@ class ExecutorSettings:
     max_pids: int = 1024
     max_memory: str = "8Gi"
     max_timeout: str = "6h"
+    lease: str = "60s"  # a node's claim on a run, renewed every third of it
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -874,6 +874,7 @@ SAMPLES = {
     "executor.allow_network": "deployer",
     "executor.max_memory": "4Gi",
     "executor.max_timeout": "2h",
+    "executor.lease": "5m",
 }
 
 

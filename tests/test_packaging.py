@@ -36,6 +36,7 @@ def test_wheel_ships_schemas_and_agents_and_uses_them(tmp_path: Path) -> None:
         "runner/agents/patcher/agent.yaml",
         "runner/agents/security-scanner/agent.yaml",
         "runner/web/ui.html",
+        "runner/executors/reaper.py",  # run by path (python -I -S), not imported
     ):
         assert expected in names
     target = tmp_path / "site"

@@ -24,6 +24,7 @@ from typing import Any
 from runner import logs, metrics, tracing
 from runner.approvals import close_gates
 from runner.dag import control, graph
+from runner.dag.cancels import CancelWatch
 from runner.errors import PermanentError
 from runner.executors.base import Executor, ExecutorUnavailable, StepSpec
 from runner.model import (
@@ -95,6 +96,7 @@ class Engine:
         self.listener = listener
         self.clock = clock
         self.slots = asyncio.Semaphore(options.max_parallel)
+        self.cancels = CancelWatch(store)  # a cancel reaches a running step within a second
 
     async def run(self, run_id: int) -> Run:
         """Advance a run this node holds the lease of, until it finishes, waits for an approval
@@ -114,7 +116,9 @@ class Engine:
                 revision=run.revision,
             ),
         ):
-            result = await _Execution(self, run).execute()
+            execution = _Execution(self, run)
+            with self.cancels.watching(run.id, execution.cancelled):
+                result = await execution.execute()
         await self.report(result)  # a run finished elsewhere (cancelled) is reported again
         return result
 

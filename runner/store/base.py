@@ -153,6 +153,10 @@ class Store(Protocol):
         `finished_at` on a finished status; a finished or waiting run also loses its lease.
         """
 
+    async def cancelled_runs(self, run_ids: Sequence[int]) -> list[int]:
+        """Which of these runs are cancelled now: one cheap query a node asks often about the
+        runs it works on, so that a cancel made anywhere stops their steps at once."""
+
     async def count_runs(self, *, status: Sequence[RunStatus]) -> int:
         """How many runs are in these statuses (queue depth, waiting approvals)."""
 

@@ -603,6 +603,17 @@ class SqlStore(AuditQueries):
 
         return await self._in_tx(body)
 
+    async def cancelled_runs(self, run_ids: Sequence[int]) -> list[int]:
+        if not run_ids:
+            return []
+        marks = ", ".join("?" for _ in run_ids)
+        sql = f"SELECT id FROM runs WHERE status = 'cancelled' AND id IN ({marks})"
+
+        async def body(tx: Tx) -> list[int]:
+            return sorted(int(r[0]) for r in await tx.all(sql, list(run_ids)))
+
+        return await self._in_tx(body, write=False, single=True)
+
     async def count_runs(self, *, status: Sequence[RunStatus]) -> int:
         marks = ", ".join("?" for _ in status)
 

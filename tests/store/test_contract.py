@@ -124,6 +124,17 @@ async def test_finishing_a_run_drops_its_lease(store: Store) -> None:
     assert await store.acquire_runs("node-b", 60, 10) == []
 
 
+async def test_cancelled_runs_names_those_cancelled_among_the_asked(store: Store) -> None:
+    ids = [(await store.request_run(request(f"c{i}")))[0].id for i in range(3)]
+    assert await store.cancelled_runs(ids) == []
+    assert await store.cancelled_runs([]) == []
+    await store.transition_run(ids[0], "running")
+    await store.transition_run(ids[0], "cancelled", error="by a test")
+    await store.transition_run(ids[2], "cancelled", error="by a test")
+    assert await store.cancelled_runs(ids) == [ids[0], ids[2]]
+    assert await store.cancelled_runs(ids[1:]) == [ids[2]]
+
+
 # -- leases ----------------------------------------------------------------------------------
 
 
