@@ -148,16 +148,16 @@ def _nesting(text: str) -> tuple[int, int]:
 
 def check_size(text: str) -> None:
     """Refuse an expression too long or nested too deep to parse in bounded time."""
-    if len(text) > MAX_LENGTH:
-        raise ExpressionError(
-            f"expression is {len(text)} characters long; the limit is {MAX_LENGTH}:"
-            " split the condition, or compute it in a step and read its output"
-        )
     deepest, column = _nesting(text)
     if deepest > MAX_NESTING:
         raise ExpressionError(
             f"expression nests brackets {deepest} deep (at column {column}); the limit is"
             f" {MAX_NESTING}: remove redundant parentheses"
+        )
+    if len(text) > MAX_LENGTH:
+        raise ExpressionError(
+            f"expression is {len(text)} characters long; the limit is {MAX_LENGTH}:"
+            " split the condition, or compute it in a step and read its output"
         )
 
 
