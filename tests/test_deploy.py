@@ -874,6 +874,8 @@ SAMPLES = {
     "executor.allow_network": "deployer",
     "executor.max_memory": "4Gi",
     "executor.max_timeout": "2h",
+    "events.retry_backoff": "3s",
+    "events.retry_max_backoff": "7m",
 }
 
 
