@@ -1,9 +1,9 @@
-"""Stored deliveries through the dispatcher of `runner serve`: a passing failure (the forge's API
-answering 503) leaves the event pending with its attempts counted and a time for the next one,
-and it is handled once the forge is back; a forge that stays down fails the event after
-`events.max_attempts`, saying so; a payload without the fields the runner reads (stored by an
-older runner, which did not check) fails at once with the field named. Each outcome is on the
-event, in the log and in `runner_events_total{result}`."""
+"""Stored deliveries through the dispatcher of `runner serve`, on SQLite and PostgreSQL: a
+passing failure (the forge's API answering 503) leaves the event pending with its attempts
+counted and a time for the next one, and it is handled once the forge is back; a forge that
+stays down fails the event after `events.max_attempts`, saying so; a payload without the fields
+the runner reads (stored by an older runner, which did not check) fails at once with the field
+named. Each outcome is on the event, in the log and in `runner_events_total{result}`."""
 
 from __future__ import annotations
 
@@ -21,8 +21,10 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psycopg
 import pytest
 import uvicorn
+from psycopg.rows import dict_row
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
@@ -114,14 +116,23 @@ def help_comment(repo: str, number: int, comment_id: int) -> dict[str, object]:
     }
 
 
-def event_row(home: Path, delivery: str) -> dict[str, Any]:
-    with sqlite3.connect(home / "runner.db") as db:
-        db.row_factory = sqlite3.Row
-        row = db.execute(
-            "SELECT status, attempts, error, not_before FROM events WHERE delivery_id = ?",
-            (delivery,),
-        ).fetchone()
-    return dict(row) if row is not None else {}
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/runner.db"
+    return str(request.getfixturevalue("postgres_url"))
+
+
+def event_row(database: str, delivery: str) -> dict[str, Any]:
+    query = "SELECT status, attempts, error, not_before FROM events WHERE delivery_id = "
+    if database.startswith("sqlite"):
+        with sqlite3.connect(database.removeprefix("sqlite:///")) as db:
+            db.row_factory = sqlite3.Row
+            row = db.execute(query + "?", (delivery,)).fetchone()
+        return dict(row) if row is not None else {}
+    with psycopg.connect(database, row_factory=dict_row) as conn:
+        found = conn.execute(query + "%s", (delivery,)).fetchone()
+    return dict(found) if found is not None else {}
 
 
 def events_counted(base: str, result: str) -> float:
@@ -140,13 +151,15 @@ def github() -> Iterator[FakeGitHub]:
 
 
 def test_passing_forge_errors_are_retried_and_a_lasting_one_fails_after_max_attempts(
-    tmp_path: Path, github: FakeGitHub
+    tmp_path: Path, github: FakeGitHub, database: str
 ) -> None:
     # the runner's forge client tries each call 4 times itself: the first 4 requests failing
     # fail the first attempt of the first delivery; acme/down never answers
     with gateway(github.url, failures=4, down={"acme/down"}) as (gate, url):
         config = (
-            SOURCE + "events: {max_attempts: 3, retry_backoff: 1s, retry_max_backoff: 2s}\n"
+            f"database: {{url: '{database}'}}\n"
+            + SOURCE
+            + "events: {max_attempts: 3, retry_backoff: 1s, retry_max_backoff: 2s}\n"
             "forges:\n"
             f"  - {{name: github, kind: github, api_url: '{url}', token_env: GH_TOKEN,"
             " webhook_secret_env: GH_SECRET}\n"
@@ -158,19 +171,19 @@ def test_passing_forge_errors_are_retried_and_a_lasting_one_fails_after_max_atte
             )
 
             def handled(delivery: str) -> bool:
-                return event_row(tmp_path, delivery).get("status") in ("done", "failed")
+                return event_row(database, delivery).get("status") in ("done", "failed")
 
             def retried() -> bool:
-                row = event_row(tmp_path, "c-1")
+                row = event_row(database, "c-1")
                 return row["status"] == "pending" and row["attempts"] == 1 and bool(row["error"])
 
             wait_for(retried, timeout=60)
-            waiting = event_row(tmp_path, "c-1")
+            waiting = event_row(database, "c-1")
             assert "attempt 1 of 3 failed, will try again at" in waiting["error"]
             assert "503" in waiting["error"]
             assert waiting["not_before"] > time.time() - 5
             wait_for(lambda: handled("c-1"), timeout=90)
-            done = event_row(tmp_path, "c-1")
+            done = event_row(database, "c-1")
             assert (done["status"], done["attempts"]) == ("done", 2)
             assert [number for _, number, _ in github.comments] == [4]  # the /help reply, once
 
@@ -179,7 +192,7 @@ def test_passing_forge_errors_are_retried_and_a_lasting_one_fails_after_max_atte
                 == 202
             )
             wait_for(lambda: handled("c-2"), timeout=120)
-            gave_up = event_row(tmp_path, "c-2")
+            gave_up = event_row(database, "c-2")
             assert (gave_up["status"], gave_up["attempts"]) == ("failed", 3)
             assert gave_up["error"].startswith("gave up after 3 attempts: ")
             assert "acme/down" in gave_up["error"]
@@ -190,13 +203,13 @@ def test_passing_forge_errors_are_retried_and_a_lasting_one_fails_after_max_atte
 
 
 def test_a_stored_payload_without_the_fields_the_runner_reads_fails_at_once(
-    tmp_path: Path,
+    tmp_path: Path, database: str
 ) -> None:
     push = github_examples("push")[0]
     broken = {**push, "repository": {**push["repository"], "full_name": ["not", "a", "name"]}}
 
     async def store_as_an_older_runner_did() -> None:  # it stored what it did not check
-        store = open_store(f"sqlite:///{tmp_path}/runner.db")
+        store = open_store(database)
         await store.open()
         try:
             await store.migrate()
@@ -216,14 +229,18 @@ def test_a_stored_payload_without_the_fields_the_runner_reads_fails_at_once(
             await store.close()
 
     asyncio.run(store_as_an_older_runner_did())
-    config = SOURCE + "forges:\n  - {name: github, kind: github, webhook_secret_env: GH_SECRET}\n"
+    config = (
+        f"database: {{url: '{database}'}}\n"
+        + SOURCE
+        + "forges:\n  - {name: github, kind: github, webhook_secret_env: GH_SECRET}\n"
+    )
     with serve(tmp_path, config, ENV, role="all") as base:
-        wait_for(lambda: event_row(tmp_path, "old-good")["status"] == "done", timeout=60)
-        wait_for(lambda: event_row(tmp_path, "old-broken")["status"] == "failed", timeout=30)
-        wait_for(lambda: event_row(tmp_path, "old-not-json")["status"] == "failed", timeout=30)
-        broken_row = event_row(tmp_path, "old-broken")
+        wait_for(lambda: event_row(database, "old-good")["status"] == "done", timeout=60)
+        wait_for(lambda: event_row(database, "old-broken")["status"] == "failed", timeout=30)
+        wait_for(lambda: event_row(database, "old-not-json")["status"] == "failed", timeout=30)
+        broken_row = event_row(database, "old-broken")
         assert broken_row["attempts"] == 1
         assert "/repository/full_name" in broken_row["error"]
         assert "github-push.schema.json" in broken_row["error"]
-        assert "not valid JSON" in event_row(tmp_path, "old-not-json")["error"]
+        assert "not valid JSON" in event_row(database, "old-not-json")["error"]
         assert events_counted(base, "failed") == 2
