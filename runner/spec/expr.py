@@ -275,8 +275,12 @@ def _plain(value: Any) -> Any:
 def evaluate(source: str, scope: dict[str, Any]) -> Any:
     """Evaluate a CEL expression over JSON-like `scope` (inputs, steps, trigger, run)."""
     activation = {name: json_to_cel(value) for name, value in scope.items()}
+    try:  # validation refused it; a revision stored before the limits existed may hold it
+        program = _program(source.strip())
+    except ExpressionError as exc:
+        raise EvaluationError(f"{source.strip()[:200]!r}: {exc}") from None
     try:
-        result = _program(source.strip()).evaluate(activation)
+        result = program.evaluate(activation)
     except CELEvalError as exc:
         result = exc
     if isinstance(result, CELEvalError):
