@@ -130,6 +130,18 @@ DECISIONS = Counter(
 )
 
 
+EVENTS = Counter(
+    "runner_events_total",
+    "Stored deliveries handled by the dispatcher, by result: done, retry (a passing failure;"
+    " tried again later), failed (a permanent reason), gave_up (out of attempts).",
+    ["result"],
+)
+
+
+def event_handled(result: str) -> None:
+    EVENTS.labels(result).inc()
+
+
 def comment_command(forge: str, outcome: str) -> None:
     COMMENT_COMMANDS.labels(forge, outcome).inc()
 

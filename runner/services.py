@@ -19,7 +19,7 @@ import uvicorn
 from runner import metrics
 from runner.comments import CommentHandler
 from runner.dag.engine import Engine, EngineOptions, Listener
-from runner.dispatch import Dispatcher
+from runner.dispatch import Dispatcher, Retries
 from runner.errors import UsageError
 from runner.executors import scratch
 from runner.executors.base import open_executor
@@ -135,6 +135,16 @@ def source_roots(settings: Settings) -> Callable[[str, str], Path | None]:
         return known.agents_root(revision).resolve() if known else None
 
     return root
+
+
+def retries(settings: Settings) -> Retries:
+    """How stored deliveries are retried after a passing failure (`events:`)."""
+    config = settings.events
+    return Retries(
+        max_attempts=config.max_attempts,
+        backoff=parse_duration(config.retry_backoff),
+        max_backoff=parse_duration(config.retry_max_backoff),
+    )
 
 
 def image_policy(settings: Settings) -> ImagePolicy:
@@ -335,6 +345,7 @@ async def serve(settings: Settings, *, role: str, stop: asyncio.Event, grace: fl
         dispatcher = Dispatcher(
             rt.store,
             rt.engine.loader,
+            retries=retries(settings),
             kinds=kinds,
             sources={
                 str(s["name"]): (str(s["url"]), str(s.get("branch", "main")))

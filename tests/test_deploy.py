@@ -875,6 +875,8 @@ SAMPLES = {
     "executor.max_memory": "4Gi",
     "executor.max_timeout": "2h",
     "executor.lease": "5m",
+    "events.retry_backoff": "3s",
+    "events.retry_max_backoff": "7m",
 }
 
 

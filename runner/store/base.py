@@ -111,10 +111,15 @@ class Store(Protocol):
         failed puts it back to pending and counts as new (a forge's redelivery)."""
 
     async def claim_events(self, node: str, lease: float, limit: int) -> list[Event]:
-        """Lease up to `limit` pending events, oldest first, that no live lease holds."""
+        """Lease up to `limit` pending events, oldest first, that no live lease holds and whose
+        `not_before` has passed; each claim counts one attempt."""
 
     async def finish_event(self, event_id: int, *, error: str | None = None) -> None:
         """Mark an event done (or failed with `error`) and drop its lease."""
+
+    async def retry_event(self, event_id: int, *, error: str, not_before: float) -> None:
+        """Leave a pending event pending after a passing failure: record `error`, drop its
+        lease, and let no one claim it before `not_before` (its attempts count on)."""
 
     # -- runs -----------------------------------------------------------------------------------
     async def request_run(self, request: RunRequest) -> tuple[Run, bool]:

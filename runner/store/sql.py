@@ -475,7 +475,8 @@ class SqlStore(AuditQueries):
         """A failed event delivered again (a forge's "redeliver") is handled again."""
         row = await tx.one(
             "UPDATE events SET status = 'pending', error = NULL, lease_owner = NULL,"
-            f" lease_expires_at = NULL WHERE id = ? AND status = 'failed' RETURNING {rows.EVENT}",
+            " lease_expires_at = NULL, attempts = 0, not_before = NULL"
+            f" WHERE id = ? AND status = 'failed' RETURNING {rows.EVENT}",
             (event_id,),
         )
         return rows.event(row) if row is not None else None
@@ -487,9 +488,10 @@ class SqlStore(AuditQueries):
             found = await tx.all(
                 f"UPDATE events SET lease_owner = ?, lease_expires_at = ?, attempts = attempts + 1"
                 f" WHERE id IN (SELECT id FROM events WHERE status = 'pending'"
-                f" AND (lease_owner IS NULL OR lease_expires_at < ?) ORDER BY id LIMIT ?"
+                f" AND (lease_owner IS NULL OR lease_expires_at < ?)"
+                f" AND (not_before IS NULL OR not_before <= ?) ORDER BY id LIMIT ?"
                 f"{self.skip_locked}) RETURNING {rows.EVENT}",
-                (node, now + lease, now, limit),
+                (node, now + lease, now, now, limit),
             )
             return sorted((rows.event(r) for r in found), key=lambda e: e.id)
 
@@ -501,6 +503,16 @@ class SqlStore(AuditQueries):
                 "UPDATE events SET status = ?, error = ?, handled_at = ?, lease_owner = NULL,"
                 " lease_expires_at = NULL WHERE id = ?",
                 ("failed" if error else "done", error, self.clock(), event_id),
+            )
+
+        await self._in_tx(body)
+
+    async def retry_event(self, event_id: int, *, error: str, not_before: float) -> None:
+        async def body(tx: Tx) -> None:
+            await tx.execute(
+                "UPDATE events SET error = ?, not_before = ?, lease_owner = NULL,"
+                " lease_expires_at = NULL WHERE id = ? AND status = 'pending'",
+                (error, not_before, event_id),
             )
 
         await self._in_tx(body)

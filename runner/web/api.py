@@ -22,6 +22,7 @@ from runner.approvals import Channel, Identity, NotAllowed, decide
 from runner.dag import control
 from runner.errors import PermanentError, TransientError
 from runner.forges.api import ForgeClient, run_authors
+from runner.forges.payloads import BadPayload, load_object
 from runner.model import RUN_TRANSITIONS, Bundle, RunRequest, RunStatus, Workflow
 from runner.reporting import Reporter
 from runner.revisions import BundleLoader
@@ -89,13 +90,10 @@ async def _json_body(request: Request) -> dict[str, Any]:
         raise ApiError(413, f"the body is over {MAX_BODY} bytes")
     if not raw.strip():
         return {}
-    try:
-        data = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ApiError(400, f"the body is not JSON: {exc}") from None
-    if not isinstance(data, dict):
-        raise ApiError(400, "the body must be a JSON object")
-    return data
+    try:  # not JSON, not an object, nested too deep: 400, never a RecursionError's 500
+        return load_object(raw)
+    except BadPayload as exc:
+        raise ApiError(400, exc.message) from None
 
 
 class Api:

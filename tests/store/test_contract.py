@@ -345,6 +345,31 @@ async def test_events_are_claimed_once_and_finished(store: Store, clock: Clock) 
     assert again[0].attempts == 2
 
 
+async def test_a_retried_event_waits_until_its_time_and_counts_its_attempts(
+    store: Store, clock: Clock
+) -> None:
+    event, _ = await store.add_event(
+        forge="github", delivery_id="r1", event_type="push", headers={}, body=b"{}"
+    )
+    [claimed] = await store.claim_events("node-a", 30, 10)
+    assert claimed.attempts == 1
+    await store.retry_event(event.id, error="forge away", not_before=clock.now + 10)
+    assert await store.claim_events("node-b", 30, 10) == []  # not before its time
+    clock.advance(11)
+    [again] = await store.claim_events("node-b", 30, 10)
+    assert (again.status, again.attempts, again.error) == ("pending", 2, "forge away")
+    await store.finish_event(again.id, error="gave up after 2 attempts: forge away")
+    redelivered, new = await store.add_event(
+        forge="github", delivery_id="r1", event_type="push", headers={}, body=b"{}"
+    )
+    assert new  # a failed event delivered again is handled again, from its first attempt
+    assert (redelivered.status, redelivered.attempts, redelivered.not_before) == (
+        "pending",
+        0,
+        None,
+    )
+
+
 # -- steps and logs --------------------------------------------------------------------------
 
 
