@@ -128,6 +128,9 @@ async def _refusal(
 ) -> str | None:
     """Why this decision may not be recorded, or None when it may."""
     if approval.status != "pending":
+        closed = [d for d in await store.decisions(approval.id) if d.via == "cancel"]
+        if closed:  # closed by `close_gates`: say why
+            return f"approval {approval.id} is closed: {closed[0].comment}"
         return f"approval {approval.id} is already {approval.status}"
     if channel.via == "comment" and (
         channel.written_at is None or channel.written_at <= approval.requested_at

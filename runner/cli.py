@@ -86,13 +86,18 @@ def validate(paths: tuple[str, ...], config_path: str | None, output: str) -> No
     found = config_path or os.environ.get("RUNNER_CONFIG") or None
     if found is None and Path(DEFAULT_FILE).is_file():
         found = DEFAULT_FILE
-    if found is None:
-        result = load_paths(paths)
-    else:
-        from runner.services import agent_policy, image_policy
+    try:
+        if found is None:
+            result = load_paths(paths)
+        else:
+            from runner.services import agent_policy, image_policy
 
-        settings = load_settings(found)
-        result = load_paths(paths, images=image_policy(settings), policy=agent_policy(settings))
+            settings = load_settings(found)
+            result = load_paths(paths, images=image_policy(settings), policy=agent_policy(settings))
+    except OSError as exc:  # a file that cannot be read: say which, no traceback
+        raise UsageError(
+            f"{exc.filename or 'a file'}: cannot be read: {exc.strerror or exc}"
+        ) from None
     if output == "json":
         click.echo(json.dumps([e.as_dict() for e in result.errors], indent=2))
     else:

@@ -1,4 +1,5 @@
-"""`runner run`, `runs`, `show`, `logs` and `approve`: running workflows and their history."""
+"""`runner run`, `runs`, `show`, `logs`, `approve` and `cancel`: running workflows and their
+history."""
 
 from __future__ import annotations
 
@@ -21,9 +22,11 @@ from rich.table import Table
 
 from runner.approvals import Channel, LocalDirectory, NotAllowed, decide
 from runner.cli_common import config_option, output_option, when
+from runner.dag import control
 from runner.errors import PermanentError, TransientError, UsageError
 from runner.forges.api import run_authors
 from runner.model import Approval, Run, RunRequest, RunStatus, Workflow
+from runner.reporting import Reporter
 from runner.revisions import content_revision, local_source
 from runner.services import Runtime, agent_policy, forge_clients, image_policy, runtime
 from runner.settings import load_settings
@@ -270,6 +273,10 @@ async def _approve(
             for g in await rt.store.list_approvals(run_id=run_id, status="pending")
             if step is None or g.step_id == step
         ]
+        if not gates and run.status == "cancelled":  # its gates were closed with it
+            raise click.ClickException(
+                f"run {run_id} was cancelled ({run.error}): nothing waits for approval"
+            )
         if not gates:
             raise click.ClickException(
                 f"run {run_id} has no pending approval" + (f" for step {step!r}" if step else "")
@@ -314,6 +321,37 @@ async def _approve(
         view = LiveSteps(bundle.workflows[held.workflow], console)
         rt.engine.listener = view
         return await _drive(rt, held, bundle.workflows[held.workflow], console, view)
+
+
+@click.command()
+@click.argument("run_id", type=int)
+@click.option("--reason", default="", help="Why (shown on the run and its pull request).")
+@config_option
+def cancel(run_id: int, reason: str, config_path: str | None) -> None:
+    """Cancel RUN, queued, running or waiting for an approval, as $RUNNER_USER: its pending
+    approvals close, and the forge it came from gets its final status and PR comment. A
+    service working on it stops its steps."""
+    settings = load_settings(config_path)
+    run = asyncio.run(_cancel(settings, run_id, reason))
+    Console().print(
+        f"run {run.id} of {run.workflow}: {_styled(run.status)} ({escape(run.error or '')})"
+    )
+
+
+async def _cancel(settings: Any, run_id: int, reason: str) -> Run:
+    why = f"cancelled by {actor()} (CLI)" + (f": {reason}" if reason else "")
+    clients, reporting = forge_clients(settings)
+    try:
+        async with runtime(settings) as rt:
+            try:
+                return await control.cancel(
+                    rt.store, run_id, reason=why, reporter=Reporter(reporting)
+                )
+            except PermanentError as exc:
+                raise click.ClickException(str(exc)) from None
+    finally:
+        for client in clients.values():
+            await client.close()
 
 
 def _run_json(run: Run) -> dict[str, Any]:
@@ -515,5 +553,5 @@ async def _logs(settings: Any, run_id: int, step: str | None, follow: bool) -> N
 
 
 def register(group: click.Group) -> None:
-    for command in (run, runs, show, logs, approve):
+    for command in (run, runs, show, logs, approve, cancel):
         group.add_command(command)

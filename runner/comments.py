@@ -23,6 +23,7 @@ from runner.forges.api import ForgeClient
 from runner.forges.commands import HELP, Command, parse_comment
 from runner.forges.events import ForgeEvent
 from runner.model import Run, RunRequest
+from runner.reporting import Reporter
 from runner.revisions import BundleLoader
 from runner.spec.inputs import InputsInvalid, resolve_inputs
 from runner.store.base import Store
@@ -57,8 +58,14 @@ class _Context:
 
 class CommentHandler:
     def __init__(
-        self, store: Store, loader: BundleLoader, clients: Mapping[str, ForgeClient]
+        self,
+        store: Store,
+        loader: BundleLoader,
+        clients: Mapping[str, ForgeClient],
+        *,
+        reporter: Reporter | None = None,
     ) -> None:
+        self.reporter = reporter  # a cancelled run's final status and comment
         self.store = store
         self.loader = loader
         self.clients = dict(clients)
@@ -130,7 +137,10 @@ class CommentHandler:
                 continue
             try:
                 await control.cancel(
-                    self.store, run.id, reason=f"superseded by a push of {event.sha[:12]}"
+                    self.store,
+                    run.id,
+                    reason=f"superseded by a push of {event.sha[:12]}",
+                    reporter=self.reporter,
                 )
             except PermanentError:
                 continue
@@ -172,6 +182,7 @@ class CommentHandler:
                         self.store,
                         run.id,
                         reason=f"cancelled by @{event.actor} ({event.comment_url})",
+                        reporter=self.reporter,
                     )
                 else:
                     await control.retry(self.store, run.id)
@@ -232,6 +243,13 @@ class CommentHandler:
                 replies.append(
                     f"run {run.id} step `{gate.step_id}`: {outcome.message} (@{event.actor})"
                 )
+        if not replies:  # say why, when a gate was closed by a cancel
+            replies = [
+                f"@{event.actor}: run {run.id} was cancelled ({run.error}): nothing waits for"
+                " approval"
+                for run in targets
+                if run.status == "cancelled" and (command.run is not None or len(targets) == 1)
+            ]
         return replies or [f"@{event.actor}: nothing of this pull request waits for approval"]
 
     async def _run(self, command: Command, event: ForgeEvent, context: _Context) -> str:

@@ -4,22 +4,38 @@ to the reconciler when the push is to the workflows repo's branch.
 Runs after the delivery was answered, from the store, so a crash between the two loses
 nothing: an event stays pending until it is handled (its lease lets another node take it
 over). A run is requested once per workflow per delivery (the idempotency key).
+
+A failure is transient or permanent. A passing one (the store or a forge API unreachable, a
+forge's 5xx or rate limit: `TransientError`, a transport error) leaves the event pending with
+its attempts counted and a time before which no node takes it again, doubling from
+`Retries.backoff` up to `Retries.max_backoff`; after `Retries.max_attempts` attempts it is failed,
+saying so. A permanent one (a payload that is not JSON or lacks a field the runner reads, any
+`PermanentError`, or an error nothing classifies) fails the event at once with the reason.
+Either way the event's `error` says why, the log says it, and `runner_events_total{result}`
+counts it.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
+import random
 import re
+import sqlite3
+import time
 from collections.abc import Callable, Mapping
-from dataclasses import replace
-from typing import Any
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from typing import Any, Literal
 
-from runner import logs, tracing
+import httpx
+
+from runner import logs, metrics, tracing
 from runner.comments import CommentHandler
+from runner.errors import RunnerError, TransientError
 from runner.forges.api import ForgeClient
 from runner.forges.events import ForgeEvent, parse
+from runner.forges.payloads import load_object
 from runner.model import Bundle, Event, RunRequest
 from runner.prcheck import PullRequestCheck
 from runner.revisions import BundleLoader
@@ -46,6 +62,34 @@ def same_repository(url: str, event: ForgeEvent) -> bool:
     )
 
 
+Outcome = Literal["done", "retry", "failed", "gave_up"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class Retries:
+    """How a stored event is retried after a passing failure (the `events:` settings)."""
+
+    max_attempts: int = 10
+    backoff: float = 5.0  # before the second attempt; doubled each time after
+    max_backoff: float = 600.0
+
+    def delay(self, attempts: int) -> float:
+        """Seconds before attempt `attempts + 1`, with a little jitter (never above the cap)."""
+        base = min(self.backoff * 2.0 ** max(attempts - 1, 0), self.max_backoff)
+        return float(base * random.uniform(0.8, 1.0))
+
+
+def transient(exc: BaseException) -> bool:
+    """Whether trying again later may well succeed: the store, a forge or the network away."""
+    return isinstance(
+        exc, TransientError | OSError | httpx.TransportError | sqlite3.OperationalError
+    )
+
+
+def _when(moment: float) -> str:
+    return datetime.fromtimestamp(moment, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
 def _traced(trigger: dict[str, Any]) -> dict[str, Any]:
     """The run continues the delivery's trace (when tracing is on)."""
     parent = tracing.traceparent()
@@ -65,7 +109,11 @@ class Dispatcher:
         comments: CommentHandler | None = None,
         prcheck: PullRequestCheck | None = None,
         clients: Mapping[str, ForgeClient] | None = None,
+        retries: Retries | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
+        self.retries = retries or Retries()
+        self.clock = clock
         self.clients = dict(clients or {})
         self.comments = comments
         self.prcheck = prcheck
@@ -80,20 +128,16 @@ class Dispatcher:
     async def handle(self, event: Event) -> list[int]:
         """Act on one stored event; the ids of the runs it requested."""
         if event.forge == "runner" and event.event_type == "reconcile":  # asked through the API
-            name = str(json.loads(event.body).get("source", ""))
+            name = str(load_object(event.body).get("source", ""))
             log.info("reconcile of %s requested: reconciling now", name)
             self.nudge_source(name)
             return []
         kind = self.kinds.get(event.forge)
         if kind is None:
             return []  # generic deliveries request their run when they are received
-        try:
-            body = json.loads(event.body)
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            return []
-        forge_event = (
-            parse(kind, event.forge, event.event_type, body) if isinstance(body, dict) else None
-        )
+        # checked by the receiver already; again here for events stored by an older runner:
+        # `BadPayload` (permanent) says which field is wrong
+        forge_event = parse(kind, event.forge, event.event_type, load_object(event.body))
         if forge_event is None:
             return []
         pushed = forge_event.kind == "push" or (
@@ -187,31 +231,62 @@ class Dispatcher:
             return event
         return replace(event, changed_files=files)
 
+    async def dispatch(self, event: Event) -> Outcome:
+        """Handle one claimed event and record the outcome on it (done, pending again with a
+        time for the next attempt, or failed with the reason)."""
+        try:
+            with (
+                logs.context(delivery=event.delivery_id, forge=event.forge),
+                tracing.span(
+                    "dispatch event",
+                    parent=event.headers.get("traceparent"),
+                    forge=event.forge,
+                    event=event.event_type,
+                    delivery=event.delivery_id,
+                ),
+            ):
+                await self.handle(event)
+        except Exception as exc:  # one bad event never stops the others
+            result: Outcome = await self._failed(event, exc)
+        else:
+            await self.store.finish_event(event.id)
+            result = "done"
+        metrics.event_handled(result)
+        return result
+
+    async def _failed(self, event: Event, exc: Exception) -> Outcome:
+        what = f"event {event.id} ({event.forge} {event.event_type}, delivery {event.delivery_id})"
+        reason = str(exc) or type(exc).__name__
+        if not transient(exc):
+            if not isinstance(exc, RunnerError):  # nothing expected it: a bug worth a trace
+                log.error("%s failed: %s", what, reason, exc_info=exc)
+                reason = f"unexpected {type(exc).__name__}: {reason}"
+            else:
+                log.warning("%s failed: %s", what, reason)
+            await self.store.finish_event(event.id, error=reason)
+            return "failed"
+        most = self.retries.max_attempts
+        if event.attempts >= most:
+            log.warning("%s failed: gave up after %d attempts: %s", what, event.attempts, reason)
+            await self.store.finish_event(
+                event.id, error=f"gave up after {event.attempts} attempts: {reason}"
+            )
+            return "gave_up"
+        after = self.clock() + self.retries.delay(event.attempts)
+        error = (
+            f"attempt {event.attempts} of {most} failed, will try again at {_when(after)}: {reason}"
+        )
+        log.warning("%s: %s", what, error)
+        await self.store.retry_event(event.id, error=error, not_before=after)
+        return "retry"
+
     async def run_forever(self, stop: asyncio.Event, node: str, *, poll: float = 2.0) -> None:
         while not stop.is_set():
             self.wake.clear()
             try:
                 for event in await self.store.claim_events(node, 60.0, 20):
-                    try:
-                        with (
-                            logs.context(delivery=event.delivery_id, forge=event.forge),
-                            tracing.span(
-                                "dispatch event",
-                                parent=event.headers.get("traceparent"),
-                                forge=event.forge,
-                                event=event.event_type,
-                                delivery=event.delivery_id,
-                            ),
-                        ):
-                            await self.handle(event)
-                    except Exception as exc:  # one bad event never stops the others
-                        log.warning(
-                            "event %d (%s %s): %s", event.id, event.forge, event.event_type, exc
-                        )
-                        await self.store.finish_event(event.id, error=str(exc))
-                    else:
-                        await self.store.finish_event(event.id)
-            except Exception as exc:
+                    await self.dispatch(event)
+            except Exception as exc:  # the store away: the leases let the events wait
                 log.warning("event loop: %s", exc)
             waits = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(self.wake.wait())]
             await asyncio.wait(waits, timeout=poll, return_when="FIRST_COMPLETED")

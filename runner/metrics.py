@@ -92,10 +92,22 @@ EXECUTOR_UP = Gauge(
     ["executor"],
     multiprocess_mode="mostrecent",
 )
+EXECUTOR_SINCE = Gauge(
+    "runner_executor_state_since_timestamp_seconds",
+    "Unix time at which the executor's state (its engine up or down, its circuit breaker's "
+    "state) last changed.",
+    ["executor"],
+    multiprocess_mode="mostrecent",
+)
 CIRCUIT = Gauge(
     "runner_executor_circuit_state",
     "Circuit breaker around the executor: 0 closed, 1 half-open, 2 open.",
     ["executor"],
+    multiprocess_mode="mostrecent",
+)
+STORE_UP = Gauge(
+    "runner_store_up",
+    "1 when this replica's last scrape read the store's state within its deadline, else 0.",
     multiprocess_mode="mostrecent",
 )
 FORGE_CALLS = Counter(
@@ -136,6 +148,18 @@ REPORTS_SKIPPED = Counter(
 
 def cache_repaired(kind: str) -> None:
     CACHE_REPAIRS.labels(kind).inc()
+
+
+EVENTS = Counter(
+    "runner_events_total",
+    "Stored deliveries handled by the dispatcher, by result: done, retry (a passing failure;"
+    " tried again later), failed (a permanent reason), gave_up (out of attempts).",
+    ["result"],
+)
+
+
+def event_handled(result: str) -> None:
+    EVENTS.labels(result).inc()
 
 
 def comment_command(forge: str, outcome: str) -> None:
@@ -197,7 +221,9 @@ def exposition() -> tuple[bytes, str]:
 
 
 async def refresh(store: Store, executor: str, health: Callable[[], Awaitable[Health]]) -> None:
-    """Set the gauges that describe stored state from the store (at scrape time)."""
+    """Set the gauges that describe stored state from the store (at scrape time); the
+    executor's first, so that a store that is away leaves them current."""
+    EXECUTOR_UP.labels(executor).set(1 if (await health()).ok else 0)
     QUEUE.set(await store.count_runs(status=["queued"]))
     RUNNING.set(await store.count_runs(status=["running"]))
     pending = await store.list_approvals(status="pending")
@@ -208,4 +234,3 @@ async def refresh(store: Store, executor: str, health: Callable[[], Awaitable[He
             APPLIED.labels(status.name, status.applied_revision).set(1)
         ready = any(c.type == "Ready" and c.status for c in status.conditions)
         SOURCE_READY.labels(status.name).set(1 if ready else 0)
-    EXECUTOR_UP.labels(executor).set(1 if (await health()).ok else 0)

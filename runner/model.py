@@ -245,6 +245,7 @@ class Event:
     status: Literal["pending", "done", "failed"] = "pending"
     attempts: int = 0
     error: str | None = None
+    not_before: float | None = None  # a retry after a passing failure waits until then
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -19,8 +19,9 @@ import uvicorn
 from runner import metrics
 from runner.comments import CommentHandler
 from runner.dag.engine import Engine, EngineOptions, Listener
-from runner.dispatch import Dispatcher
+from runner.dispatch import Dispatcher, Retries
 from runner.errors import UsageError
+from runner.executors import scratch
 from runner.executors.base import open_executor
 from runner.executors.breaker import CircuitBreaker
 from runner.executors.images import ImagePolicy
@@ -101,6 +102,7 @@ async def runtime(
             ),
             EngineOptions(
                 node=node,
+                lease=run_lease(settings),
                 max_parallel=settings.executor.max_parallel,
                 secrets=secret_store(settings),
                 fetch_deadline=parse_duration(settings.executor.fetch_deadline),
@@ -136,6 +138,16 @@ def source_roots(settings: Settings) -> Callable[[str, str], Path | None]:
     return root
 
 
+def retries(settings: Settings) -> Retries:
+    """How stored deliveries are retried after a passing failure (`events:`)."""
+    config = settings.events
+    return Retries(
+        max_attempts=config.max_attempts,
+        backoff=parse_duration(config.retry_backoff),
+        max_backoff=parse_duration(config.retry_max_backoff),
+    )
+
+
 def image_policy(settings: Settings) -> ImagePolicy:
     """Which agent images a revision may use (`executor.images`)."""
     images = settings.executor.images
@@ -168,6 +180,7 @@ def build_executor(settings: Settings) -> CircuitBreaker:
     options: dict[str, Any] = {}
     if config.kind == "local":
         options["sandbox"] = config.sandbox
+        options["scratch"] = step_scratch(settings)
     elif config.kind == "dagger":
         durations = ("connect_timeout", "health_timeout", "kill_grace", "deadline_slack")
         for key, value in config.dagger.items():
@@ -182,6 +195,31 @@ def build_executor(settings: Settings) -> CircuitBreaker:
         cooldown=parse_duration(str(breaker.get("cooldown", "60s"))),
         successes=int(breaker.get("successes", 3)),
     )
+
+
+def run_lease(settings: Settings) -> float:
+    """`executor.lease` in seconds: how long a node's claim on a run lasts unrenewed."""
+    lease = parse_duration(settings.executor.lease)
+    if lease < 3:
+        raise UsageError(
+            f"executor.lease is {settings.executor.lease}: it must be at least 3s (a heartbeat"
+            " renews it every third of it); the default is 60s"
+        )
+    return lease
+
+
+def step_scratch(settings: Settings) -> Path:
+    """Where steps' scratch folders go: `<data_dir>/steps`, absolute (the service may change
+    its working directory later; a step's own directory is its agent's)."""
+    return Path(settings.data_dir).resolve() / "steps"
+
+
+def sweep_step_scratch(settings: Settings) -> None:
+    """At a node's start: remove the scratch folders of steps a killed runner left behind."""
+    try:
+        scratch.sweep(step_scratch(settings))
+    except OSError as exc:  # not a reason to stay down: the next start tries again
+        log.warning("cannot sweep the step scratch folders: %s", exc)
 
 
 def build_sources(settings: Settings) -> list[Source]:
@@ -273,6 +311,8 @@ async def serve(settings: Settings, *, role: str, stop: asyncio.Event, grace: fl
     """`runner serve`: reconcilers, scheduler and workers (role worker), the HTTP service (role
     web), or all of them, until `stop` is set."""
     sources = build_sources(settings) if role in ("all", "worker") else []
+    if role in ("all", "worker"):
+        sweep_step_scratch(settings)
     by_name = {source.name: source for source in sources}
 
     def roots(source: str, revision: str) -> Path | None:
@@ -312,6 +352,7 @@ async def serve(settings: Settings, *, role: str, stop: asyncio.Event, grace: fl
         dispatcher = Dispatcher(
             rt.store,
             rt.engine.loader,
+            retries=retries(settings),
             kinds=kinds,
             sources={
                 str(s["name"]): (str(s["url"]), str(s.get("branch", "main")))
@@ -319,7 +360,7 @@ async def serve(settings: Settings, *, role: str, stop: asyncio.Event, grace: fl
             },
             nudge_source=lambda name: by_source[name].nudge() if name in by_source else None,
             nudge_workers=workers.nudge,
-            comments=CommentHandler(rt.store, rt.engine.loader, clients),
+            comments=CommentHandler(rt.store, rt.engine.loader, clients, reporter=reporter),
             clients=clients,
             prcheck=PullRequestCheck(
                 rt.store,
@@ -337,11 +378,12 @@ async def serve(settings: Settings, *, role: str, stop: asyncio.Event, grace: fl
             pending = await rt.store.pending_migrations()
             return (not pending, "migrations current" if not pending else f"pending: {pending}")
 
-        async def executor_ready() -> tuple[bool, str]:
-            # An open circuit is reported, not "unready": deliveries and API calls still work,
-            # and runs wait queued until the engine is back.
-            health = await rt.executor.health()
-            return health.ok or rt.executor.state != "closed", health.detail
+        async def executor_state() -> dict[str, object]:
+            # Reported, never "unready", in any breaker state: deliveries and API calls still
+            # work, and runs wait queued until the engine is back (the alerts say so).
+            with contextlib.suppress(Exception):  # asks the engine, unless the circuit is open
+                await asyncio.wait_for(rt.executor.health(), timeout=1.5)  # within /readyz's 2s
+            return rt.executor.snapshot().as_dict()
 
         async def sources_ready() -> tuple[bool, str]:
             statuses = {s.name: s for s in await rt.store.list_source_statuses()}
@@ -358,8 +400,6 @@ async def serve(settings: Settings, *, role: str, stop: asyncio.Event, grace: fl
             return not missing, "; ".join(states)
 
         checks: dict[str, Check] = {"store": store_ready}
-        if role in ("all", "worker"):  # receiving webhooks and the API need no executor
-            checks["executor"] = executor_ready
         if sources:
             checks["sources"] = sources_ready
 
@@ -382,6 +422,7 @@ async def serve(settings: Settings, *, role: str, stop: asyncio.Event, grace: fl
             source_names=[str(s["name"]) for s in settings.sources] or ["main"],
             on_requested=stored,
             clients=clients,
+            reporter=reporter,
         )
         app = create_app(
             checks,
@@ -392,6 +433,7 @@ async def serve(settings: Settings, *, role: str, stop: asyncio.Event, grace: fl
             ),
             rate_limits=settings.rate_limits,
             trusted_proxies=settings.trusted_proxies,
+            executor_state=executor_state if role in ("all", "worker") else None,
         )
         server = _Server(
             uvicorn.Config(

@@ -28,7 +28,7 @@ from runner.spec.schema import translate
 from runner.spec.yaml import Document, load_bytes, pointer_of
 
 DEFAULT_FILE = "runner.yaml"
-_SECTIONS = ("database", "listen", "executor", "rate_limits", "logging")
+_SECTIONS = ("database", "listen", "executor", "rate_limits", "logging", "events")
 _SOURCE_SHORTHAND = ("URL", "BRANCH", "PATH", "INTERVAL")
 
 
@@ -63,6 +63,7 @@ class ExecutorSettings:
     max_timeout: str = "6h"
     # how long a run retries a repository that cannot be fetched for now before it fails
     fetch_deadline: str = "30m"
+    lease: str = "60s"  # a node's claim on a run, renewed every third of it
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -70,6 +71,15 @@ class LoggingSettings:
     format: str = "console"
     level: str = "info"
     access: bool = False
+
+
+@dataclass(frozen=True, kw_only=True)
+class EventSettings:
+    """Retries of stored deliveries after a passing failure (runner/dispatch.py)."""
+
+    max_attempts: int = 10
+    retry_backoff: str = "5s"
+    retry_max_backoff: str = "10m"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -86,6 +96,7 @@ class Settings:
     generic_webhook_secret_env: str | None = None
     api: Mapping[str, Any] = field(default_factory=dict)
     rate_limits: Mapping[str, Any] = field(default_factory=dict)
+    events: EventSettings = field(default_factory=EventSettings)
     trusted_proxies: tuple[str, ...] = ()
     secrets: tuple[Grant, ...] = ()
     data_dir: str = ".runner"
@@ -412,6 +423,7 @@ def load_settings(path: str | None = None, env: Mapping[str, str] | None = None)
         generic_webhook_secret_env=data.get("generic_webhook_secret_env"),
         api=data.get("api", {}),
         rate_limits=data.get("rate_limits", {}),
+        events=EventSettings(**data.get("events", {})),
         trusted_proxies=tuple(data.get("trusted_proxies", ())),
         secrets=grants,
         data_dir=data.get("data_dir", ".runner"),

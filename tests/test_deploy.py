@@ -874,6 +874,10 @@ SAMPLES = {
     "executor.allow_network": "deployer",
     "executor.max_memory": "4Gi",
     "executor.max_timeout": "2h",
+    "executor.lease": "5m",
+    "executor.fetch_deadline": "45m",
+    "events.retry_backoff": "3s",
+    "events.retry_max_backoff": "7m",
 }
 
 

@@ -33,9 +33,12 @@ def test_wheel_ships_schemas_and_agents_and_uses_them(tmp_path: Path) -> None:
     for expected in (
         "runner/schemas/workflow.schema.json",
         "runner/schemas/agent.schema.json",
+        "runner/schemas/events/github-push.schema.json",
+        "runner/schemas/events/gitlab-note.schema.json",
         "runner/agents/patcher/agent.yaml",
         "runner/agents/security-scanner/agent.yaml",
         "runner/web/ui.html",
+        "runner/executors/reaper.py",  # run by path (python -I -S), not imported
     ):
         assert expected in names
     target = tmp_path / "site"

@@ -4,16 +4,27 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from runner import metrics
 from runner.approvals import close_gates
 from runner.errors import PermanentError
 from runner.model import FINISHED, Run
+from runner.reporting import Reporter
 from runner.store.base import Store
 
 RERUN = frozenset({"failed", "cancelled", "rejected", "skipped", "running", "waiting_approval"})
 
 
-async def cancel(store: Store, run_id: int, *, reason: str = "cancelled") -> Run:
-    """Cancel a run that has not finished; a node working on it stops its steps."""
+async def cancel(
+    store: Store, run_id: int, *, reason: str = "cancelled", reporter: Reporter | None = None
+) -> Run:
+    """Cancel a run that has not finished, and finish it everywhere at once: its pending gates
+    close (a decision on them is refused), it counts in `runner_runs_total` as `cancelled`, and
+    the forge it came from gets its final commit status and PR comment (through `reporter`).
+
+    Whoever cancels does this (the API, the CLI, a comment, a superseding push, a newer run of
+    its concurrency group), on whatever node: a run waiting for an approval has no worker to do
+    it. A node working on the run stops its steps when it sees the cancel, and reports the run
+    again with its steps' final states."""
     run = await store.transition_run(run_id, "cancelled", error=reason)
     if run is None:
         current = await store.get_run(run_id)
@@ -23,6 +34,9 @@ async def cancel(store: Store, run_id: int, *, reason: str = "cancelled") -> Run
             f"run {run_id} is {current.status}; only an unfinished run can be cancelled"
         )
     await close_gates(store, run_id, f"the run was cancelled: {reason}")
+    metrics.run_finished(run.workflow, "cancelled", run.started_at, run.finished_at)
+    if reporter is not None:
+        await reporter.report_stored(store, run)
     return run
 
 

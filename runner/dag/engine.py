@@ -23,7 +23,8 @@ from typing import Any
 
 from runner import logs, metrics, tracing
 from runner.approvals import close_gates
-from runner.dag import graph
+from runner.dag import control, graph
+from runner.dag.cancels import CancelWatch
 from runner.errors import PermanentError
 from runner.executors.base import Executor, ExecutorUnavailable, StepSpec
 from runner.model import (
@@ -105,6 +106,7 @@ class Engine:
         self.listener = listener
         self.clock = clock
         self.slots = asyncio.Semaphore(options.max_parallel)
+        self.cancels = CancelWatch(store)  # a cancel reaches a running step within a second
 
     async def run(self, run_id: int) -> Run:
         """Advance a run this node holds the lease of, until it finishes, waits for an approval
@@ -124,12 +126,10 @@ class Engine:
                 revision=run.revision,
             ),
         ):
-            result = await _Execution(self, run).execute()
-        if result.status in FINISHED:
-            metrics.run_finished(
-                result.workflow, result.status, result.started_at, result.finished_at
-            )
-        await self.report(result)
+            execution = _Execution(self, run)
+            with self.cancels.watching(run.id, execution.cancelled):
+                result = await execution.execute()
+        await self.report(result)  # a run finished elsewhere (cancelled) is reported again
         return result
 
     async def report(self, run: Run) -> None:
@@ -289,8 +289,9 @@ class _Execution:
         done = await self.store.transition_run(self.run.id, status, error=error)
         await close_gates(self.store, self.run.id, f"the run ended {status}")
         await self.engine.workspaces.release(self.run.id, failed=status != "succeeded")
-        if done is None:
+        if done is None:  # finished meanwhile by someone else, who counted it
             return await self._current()
+        metrics.run_finished(done.workflow, done.status, done.started_at, done.finished_at)
         self.run = done
         return done
 
@@ -327,8 +328,10 @@ class _Execution:
             for other in others:
                 if other.id < self.run.id:
                     reason = f"cancelled by run {self.run.id} of concurrency group {group!r}"
-                    if await self.store.transition_run(other.id, "cancelled", error=reason):
-                        await close_gates(self.store, other.id, reason)
+                    with contextlib.suppress(PermanentError):  # finished meanwhile
+                        await control.cancel(
+                            self.store, other.id, reason=reason, reporter=self.engine.reporter
+                        )
         return None
 
     async def _heartbeat(self) -> None:

@@ -52,6 +52,32 @@ class CircuitOpen(ExecutorUnavailable):
 
 
 @dataclass(frozen=True, kw_only=True)
+class ExecutorState:
+    """What readiness and metrics say about the executor: whether its engine answered the
+    last time it was asked (None: not asked yet), the breaker's state, and since when (wall
+    clock) each has been so."""
+
+    name: str
+    up: bool | None
+    up_since: float
+    breaker: State
+    breaker_since: float
+    next_trial_in: float | None  # seconds, while open
+    detail: str
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "name": self.name,
+            "engine": "unknown" if self.up is None else "up" if self.up else "down",
+            "engine_since": self.up_since,
+            "breaker": self.breaker.replace("_", "-"),
+            "breaker_since": self.breaker_since,
+            "next_trial_in": self.next_trial_in,
+            "detail": self.detail,
+        }
+
+
+@dataclass(frozen=True, kw_only=True)
 class Transition:
     at: float  # wall clock (time.time)
     before: State
@@ -91,7 +117,11 @@ class CircuitBreaker:
         self._trial = False  # a trial is in flight (half-open)
         self._last_error = ""
         self._sandboxed = False
+        self._since = self._up_since = time.time()  # of the breaker's state, of `_up`
+        self._up: bool | None = None  # the engine answered when last asked (None: not yet)
+        self._detail = ""
         metrics.CIRCUIT.labels(self.name).set(GAUGE["closed"])
+        metrics.EXECUTOR_SINCE.labels(self.name).set(self._since)
 
     @property
     def name(self) -> str:
@@ -114,6 +144,8 @@ class CircuitBreaker:
         if before == after:
             return
         self._state = after
+        self._since = time.time()
+        metrics.EXECUTOR_SINCE.labels(self.name).set(max(self._since, self._up_since))
         if after == "open":
             self._opened_at = self.clock()
         if after in ("half_open", "closed"):
@@ -126,6 +158,34 @@ class CircuitBreaker:
         metrics.CIRCUIT.labels(self.name).set(GAUGE[after])
         level = logging.WARNING if after == "open" else logging.INFO
         log.log(level, "executor %s circuit %s -> %s: %s", self.name, before, after, reason)
+
+    def _observe(self, up: bool, detail: str) -> None:
+        """The engine answered (a step or a health check), or did not."""
+        self._detail = detail
+        if up != self._up:
+            if self._up is not None:
+                log.debug(  # the breaker's transitions are the log lines that matter
+                    "executor %s engine %s: %s",
+                    self.name,
+                    "up" if up else "down",
+                    detail,
+                )
+            self._up, self._up_since = up, time.time()
+            metrics.EXECUTOR_SINCE.labels(self.name).set(max(self._since, self._up_since))
+        metrics.EXECUTOR_UP.labels(self.name).set(1 if up else 0)
+
+    def snapshot(self) -> ExecutorState:
+        """The executor's state as last observed; asks the engine nothing."""
+        state = self.state
+        return ExecutorState(
+            name=self.name,
+            up=self._up,
+            up_since=self._up_since,
+            breaker=state,
+            breaker_since=self._since,
+            next_trial_in=round(self._retry_after(), 1) if state == "open" else None,
+            detail=self._last_error if state == "open" else self._detail,
+        )
 
     def _retry_after(self) -> float:
         return max(0.0, self._opened_at + self.cooldown - self.clock())
@@ -157,6 +217,7 @@ class CircuitBreaker:
         if trial:
             self._trial = False
         self._last_error = str(error)
+        self._observe(False, self._last_error)
         if self._state == "half_open":
             self._move("open", f"trial failed: {self._last_error}")
             return
@@ -184,6 +245,7 @@ class CircuitBreaker:
             if trial:
                 self._trial = False
             raise
+        self._observe(True, "the last step reached the engine")
         self._success(trial)
         return result
 
@@ -213,6 +275,7 @@ class CircuitBreaker:
             return self._present(Health(ok=False, sandboxed=self._sandboxed))
         health = await self.executor.health()
         self._sandboxed = health.sandboxed
+        self._observe(health.ok, health.detail)
         return self._present(health)
 
     async def check(self) -> Health:
@@ -231,6 +294,7 @@ class CircuitBreaker:
                 self._trial = False
             raise
         self._sandboxed = health.sandboxed
+        self._observe(health.ok, health.detail)
         if health.ok:
             self._success(trial)
         else:

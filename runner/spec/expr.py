@@ -27,6 +27,11 @@ STEP_FIELDS = ("outputs", "status")
 _MACROS = frozenset({"all", "exists", "exists_one", "map", "filter"})
 _TEMPLATE = re.compile(r"\$\{\{(.*?)\}\}", re.DOTALL)
 _ENV = celpy.Environment()
+# Parsing time grows faster than linearly with nesting: 3,000 nested parentheses took 44 s.
+# No real condition comes near these, and a repository is validated in bounded time.
+MAX_LENGTH = 4096  # characters of one expression
+MAX_NESTING = 32  # ( [ { open at once, outside string literals
+MAX_TREE_DEPTH = 400  # of the parse tree: 32 nested brackets make about 360; evaluation recurses
 
 
 class ExpressionError(ValueError):
@@ -117,12 +122,52 @@ def _analyse(source: str, ast: Any) -> Expression:
     )
 
 
+def _nesting(text: str) -> tuple[int, int]:
+    """(deepest nesting of brackets outside string literals, 1-based column where it is)."""
+    depth = deepest = where = 0
+    quote: str | None = None
+    escaped = False
+    for column, char in enumerate(text, 1):
+        if quote is not None:
+            if escaped:
+                escaped = False
+            elif char == "\\":
+                escaped = True
+            elif char == quote:
+                quote = None
+        elif char in "'\"":
+            quote = char
+        elif char in "([{":
+            depth += 1
+            if depth > deepest:
+                deepest, where = depth, column
+        elif char in ")]}":
+            depth = max(depth - 1, 0)
+    return deepest, where
+
+
+def check_size(text: str) -> None:
+    """Refuse an expression too long or nested too deep to parse in bounded time."""
+    deepest, column = _nesting(text)
+    if deepest > MAX_NESTING:
+        raise ExpressionError(
+            f"expression nests brackets {deepest} deep (at column {column}); the limit is"
+            f" {MAX_NESTING}: remove redundant parentheses"
+        )
+    if len(text) > MAX_LENGTH:
+        raise ExpressionError(
+            f"expression is {len(text)} characters long; the limit is {MAX_LENGTH}:"
+            " split the condition, or compute it in a step and read its output"
+        )
+
+
 @lru_cache(maxsize=4096)
 def compile_expression(source: str) -> Expression:
     """Compile one CEL expression, or raise `ExpressionError` saying where it breaks."""
     text = source.strip()
     if not text:
         raise ExpressionError("empty expression")
+    check_size(text)
     try:
         ast = _ENV.compile(text)
     except celpy.celparser.CELParseError as exc:
@@ -130,7 +175,22 @@ def compile_expression(source: str) -> Expression:
         near = text[column - 1 : column + 11]
         where = f"near {near!r}" if near else "at the end"
         raise ExpressionError(f"CEL syntax error in {text!r} at column {column}, {where}") from None
+    if _tree_depth(ast) > MAX_TREE_DEPTH:
+        raise ExpressionError(
+            f"expression nests operators too deep to evaluate (more than {MAX_TREE_DEPTH}"
+            " levels): write it more simply"
+        )
     return _analyse(text, ast)
+
+
+def _tree_depth(ast: Any) -> int:
+    deepest, stack = 0, [(ast, 1)]
+    while stack:
+        node, depth = stack.pop()
+        deepest = max(deepest, depth)
+        if isinstance(node, Tree):
+            stack.extend((child, depth + 1) for child in node.children)
+    return deepest
 
 
 def template_parts(text: str) -> list[str]:
@@ -215,8 +275,12 @@ def _plain(value: Any) -> Any:
 def evaluate(source: str, scope: dict[str, Any]) -> Any:
     """Evaluate a CEL expression over JSON-like `scope` (inputs, steps, trigger, run)."""
     activation = {name: json_to_cel(value) for name, value in scope.items()}
+    try:  # validation refused it; a revision stored before the limits existed may hold it
+        program = _program(source.strip())
+    except ExpressionError as exc:
+        raise EvaluationError(f"{source.strip()[:200]!r}: {exc}") from None
     try:
-        result = _program(source.strip()).evaluate(activation)
+        result = program.evaluate(activation)
     except CELEvalError as exc:
         result = exc
     if isinstance(result, CELEvalError):

@@ -195,7 +195,14 @@ class _Converter:
                 return node.value
             construct = _SCALARS.get(tag)
             if construct is not None:
-                return construct(self.loader, node)
+                try:
+                    return construct(self.loader, node)
+                except (ValueError, OverflowError):  # e.g. an integer of 5,000 digits
+                    shown = node.value if len(node.value) <= 24 else node.value[:20] + "..."
+                    self.refusals.append(
+                        (node, f"{shown!r} is too large a number to read; quote it as a string")
+                    )
+                    return None
             if tag == _TIMESTAMP:
                 return node.value  # JSON has no dates: keep the text as written
             self.refusals.append(

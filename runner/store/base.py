@@ -111,10 +111,15 @@ class Store(Protocol):
         failed puts it back to pending and counts as new (a forge's redelivery)."""
 
     async def claim_events(self, node: str, lease: float, limit: int) -> list[Event]:
-        """Lease up to `limit` pending events, oldest first, that no live lease holds."""
+        """Lease up to `limit` pending events, oldest first, that no live lease holds and whose
+        `not_before` has passed; each claim counts one attempt."""
 
     async def finish_event(self, event_id: int, *, error: str | None = None) -> None:
         """Mark an event done (or failed with `error`) and drop its lease."""
+
+    async def retry_event(self, event_id: int, *, error: str, not_before: float) -> None:
+        """Leave a pending event pending after a passing failure: record `error`, drop its
+        lease, and let no one claim it before `not_before` (its attempts count on)."""
 
     # -- runs -----------------------------------------------------------------------------------
     async def request_run(self, request: RunRequest) -> tuple[Run, bool]:
@@ -163,6 +168,10 @@ class Store(Protocol):
         """Give `wait` to every queued run that waits for nothing and that no live lease holds
         (runs no worker takes up for now, e.g. while the executor's circuit is open); their
         ids. Taking a run up (its next status change) clears it again."""
+
+    async def cancelled_runs(self, run_ids: Sequence[int]) -> list[int]:
+        """Which of these runs are cancelled now: one cheap query a node asks often about the
+        runs it works on, so that a cancel made anywhere stops their steps at once."""
 
     async def count_runs(self, *, status: Sequence[RunStatus]) -> int:
         """How many runs are in these statuses (queue depth, waiting approvals)."""

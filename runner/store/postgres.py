@@ -18,10 +18,12 @@ from psycopg import errors as pg_errors
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from runner.errors import TransientError
+from runner.store.budget import remaining
 from runner.store.sql import SqlStore
 from runner.store.tx import Tx
 
 MIGRATION_LOCK = 0x72756E6E  # "runn": pg_advisory_xact_lock key for migrations
+POOL_WAIT = 10.0  # seconds a call waits for a pooled connection (less within a budget)
 _PLACEHOLDER = re.compile(r"\?")
 _TRANSIENT = (
     psycopg.OperationalError,
@@ -82,7 +84,7 @@ class PostgresStore(SqlStore):
             min_size=1,
             max_size=pool_size,
             open=False,
-            timeout=10.0,
+            timeout=POOL_WAIT,
             name="runner",
             # transactions are explicit (`_transaction`); a statement alone is its own
             kwargs={"autocommit": True},
@@ -103,7 +105,10 @@ class PostgresStore(SqlStore):
     @asynccontextmanager
     async def _statement(self) -> AsyncIterator[Tx]:
         try:
-            async with self._pool.connection() as conn, conn.cursor() as cursor:
+            async with (
+                self._pool.connection(timeout=remaining(POOL_WAIT)) as conn,
+                conn.cursor() as cursor,
+            ):
                 yield _PgTx(cursor)
         except _TRANSIENT as exc:
             raise TransientError(f"PostgreSQL: {type(exc).__name__}: {exc}") from exc
@@ -112,7 +117,7 @@ class PostgresStore(SqlStore):
     async def _transaction(self, *, write: bool) -> AsyncIterator[Tx]:
         try:
             async with (
-                self._pool.connection() as conn,
+                self._pool.connection(timeout=remaining(POOL_WAIT)) as conn,
                 conn.transaction(),
                 conn.cursor() as cursor,
             ):

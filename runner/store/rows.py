@@ -25,7 +25,10 @@ RUN = (
     "concurrency_group, created_at, updated_at, started_at, finished_at, lease_owner, "
     "lease_expires_at, error, wait"
 )
-EVENT = "id, forge, delivery_id, event_type, headers, body, received_at, status, attempts, error"
+EVENT = (
+    "id, forge, delivery_id, event_type, headers, body, received_at, status, attempts, error,"
+    " not_before"
+)
 STEP = (
     "run_id, step_id, status, attempt, started_at, finished_at, outputs, error, inputs_digest, "
     "log_size, log_truncated"
@@ -116,6 +119,7 @@ def event(row: tuple[Any, ...]) -> Event:
         status=row[7],
         attempts=row[8],
         error=row[9],
+        not_before=row[10],
     )
 
 

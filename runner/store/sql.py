@@ -32,7 +32,7 @@ from runner.model import (
     StepRun,
     StoredDocument,
 )
-from runner.store import rows
+from runner.store import budget, rows
 from runner.store.audit import AuditQueries
 from runner.store.base import LOG_LIMIT, TRUNCATION_MARKER
 from runner.store.tx import Tx, where
@@ -98,16 +98,20 @@ class SqlStore(AuditQueries):
         self, body: Callable[[Tx], Awaitable[T]], *, write: bool, single: bool = False
     ) -> T:
         delay = 0.02
+        end = budget.start_call()  # a request's budget (`budget.fail_fast`), or None
         for attempt in range(self.retries):
             try:
                 context = self._statement() if single else self._transaction(write=write)
                 async with context as tx:
                     return await body(tx)
             except TransientError as exc:
-                if attempt == self.retries - 1:
-                    raise
+                pause = delay * (1 + random.random())
+                if attempt == self.retries - 1 or (
+                    end is not None and time.monotonic() + pause >= end
+                ):
+                    raise budget.StoreUnavailable(f"the database did not answer: {exc}") from exc
                 log.warning("database busy or unreachable, retrying: %s", exc)
-                await asyncio.sleep(delay * (1 + random.random()))
+                await asyncio.sleep(pause)
                 delay = min(delay * 2, 2.0)
         raise AssertionError("unreachable")  # pragma: no cover
 
@@ -471,7 +475,8 @@ class SqlStore(AuditQueries):
         """A failed event delivered again (a forge's "redeliver") is handled again."""
         row = await tx.one(
             "UPDATE events SET status = 'pending', error = NULL, lease_owner = NULL,"
-            f" lease_expires_at = NULL WHERE id = ? AND status = 'failed' RETURNING {rows.EVENT}",
+            " lease_expires_at = NULL, attempts = 0, not_before = NULL"
+            f" WHERE id = ? AND status = 'failed' RETURNING {rows.EVENT}",
             (event_id,),
         )
         return rows.event(row) if row is not None else None
@@ -483,9 +488,10 @@ class SqlStore(AuditQueries):
             found = await tx.all(
                 f"UPDATE events SET lease_owner = ?, lease_expires_at = ?, attempts = attempts + 1"
                 f" WHERE id IN (SELECT id FROM events WHERE status = 'pending'"
-                f" AND (lease_owner IS NULL OR lease_expires_at < ?) ORDER BY id LIMIT ?"
+                f" AND (lease_owner IS NULL OR lease_expires_at < ?)"
+                f" AND (not_before IS NULL OR not_before <= ?) ORDER BY id LIMIT ?"
                 f"{self.skip_locked}) RETURNING {rows.EVENT}",
-                (node, now + lease, now, limit),
+                (node, now + lease, now, now, limit),
             )
             return sorted((rows.event(r) for r in found), key=lambda e: e.id)
 
@@ -497,6 +503,16 @@ class SqlStore(AuditQueries):
                 "UPDATE events SET status = ?, error = ?, handled_at = ?, lease_owner = NULL,"
                 " lease_expires_at = NULL WHERE id = ?",
                 ("failed" if error else "done", error, self.clock(), event_id),
+            )
+
+        await self._in_tx(body)
+
+    async def retry_event(self, event_id: int, *, error: str, not_before: float) -> None:
+        async def body(tx: Tx) -> None:
+            await tx.execute(
+                "UPDATE events SET error = ?, not_before = ?, lease_owner = NULL,"
+                " lease_expires_at = NULL WHERE id = ? AND status = 'pending'",
+                (error, not_before, event_id),
             )
 
         await self._in_tx(body)
@@ -627,6 +643,17 @@ class SqlStore(AuditQueries):
             return sorted(int(r[0]) for r in found)
 
         return await self._in_tx(body)
+
+    async def cancelled_runs(self, run_ids: Sequence[int]) -> list[int]:
+        if not run_ids:
+            return []
+        marks = ", ".join("?" for _ in run_ids)
+        sql = f"SELECT id FROM runs WHERE status = 'cancelled' AND id IN ({marks})"
+
+        async def body(tx: Tx) -> list[int]:
+            return sorted(int(r[0]) for r in await tx.all(sql, list(run_ids)))
+
+        return await self._in_tx(body, write=False, single=True)
 
     async def count_runs(self, *, status: Sequence[RunStatus]) -> int:
         marks = ", ".join("?" for _ in status)

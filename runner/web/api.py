@@ -22,7 +22,9 @@ from runner.approvals import Channel, Identity, NotAllowed, decide
 from runner.dag import control
 from runner.errors import PermanentError, TransientError
 from runner.forges.api import ForgeClient, run_authors
+from runner.forges.payloads import BadPayload, load_object
 from runner.model import RUN_TRANSITIONS, Bundle, RunRequest, RunStatus, Workflow
+from runner.reporting import Reporter
 from runner.revisions import BundleLoader
 from runner.spec.inputs import InputsInvalid, resolve_inputs
 from runner.store.base import Store
@@ -88,13 +90,10 @@ async def _json_body(request: Request) -> dict[str, Any]:
         raise ApiError(413, f"the body is over {MAX_BODY} bytes")
     if not raw.strip():
         return {}
-    try:
-        data = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ApiError(400, f"the body is not JSON: {exc}") from None
-    if not isinstance(data, dict):
-        raise ApiError(400, "the body must be a JSON object")
-    return data
+    try:  # not JSON, not an object, nested too deep: 400, never a RecursionError's 500
+        return load_object(raw)
+    except BadPayload as exc:
+        raise ApiError(400, exc.message) from None
 
 
 class Api:
@@ -107,7 +106,9 @@ class Api:
         source_names: Collection[str] = (),
         on_requested: Callable[[], None] = lambda: None,
         clients: Mapping[str, ForgeClient] | None = None,
+        reporter: Reporter | None = None,
     ) -> None:
+        self.reporter = reporter  # a cancel reports the run's final state to its forge
         self.clients = dict(clients or {})  # forge APIs: who authored a change, for approvals
         self.source_names = frozenset(source_names)
         self.store = store
@@ -313,7 +314,10 @@ class Api:
         try:
             if verb == "cancel":
                 run = await control.cancel(
-                    self.store, run_id, reason=f"cancelled by {who.name} (API)"
+                    self.store,
+                    run_id,
+                    reason=f"cancelled by {who.name} (API)",
+                    reporter=self.reporter,
                 )
             else:
                 run = await control.retry(self.store, run_id)
@@ -362,10 +366,9 @@ class Api:
         gate = await self.store.get_approval(approval_id)
         if gate is None:
             raise ApiError(404, f"there is no approval {approval_id}")
+        run = await self.store.get_run(gate.run_id)  # a store away answers 503 (errors.py)
         try:  # who the forge says authored the change, as for a comment
-            authors = await run_authors(
-                await self.store.get_run(gate.run_id), gate.sha, self.clients
-            )
+            authors = await run_authors(run, gate.sha, self.clients)
         except TransientError as exc:
             raise ApiError(
                 503,

@@ -21,9 +21,11 @@ from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from runner import metrics
+from runner.store.budget import fail_fast
 from runner.web.api import Api
 from runner.web.errors import HANDLERS
 from runner.web.hooks import Hooks
@@ -32,6 +34,19 @@ from runner.web.ratelimit import RateLimits
 
 log = logging.getLogger(__name__)
 Check = Callable[[], Awaitable[tuple[bool, str]]]
+STORE_BUDGET = 2.5  # seconds a request's store call may retry: a 503 well within 3 s
+
+
+class StoreBudget:
+    """Every request's store calls give up after `budget` seconds (`runner.store.budget`): a
+    database that is away makes a request answer 503 with Retry-After, not hang."""
+
+    def __init__(self, app: ASGIApp, *, budget: float = STORE_BUDGET) -> None:
+        self.app, self.budget = app, budget
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        with fail_fast(self.budget):
+            await self.app(scope, receive, send)
 
 
 def create_app(
@@ -43,7 +58,12 @@ def create_app(
     rate_limits: Mapping[str, Any] | None = None,
     trusted_proxies: Iterable[str] = (),
     deadline: float = 2.0,
+    store_budget: float = STORE_BUDGET,
+    executor_state: Callable[[], Awaitable[Mapping[str, Any]]] | None = None,
 ) -> Starlette:
+    """`checks` decide readiness; `executor_state` (worker replicas) is reported in the
+    readiness body and never decides it (docs/operations.md, "Monitoring")."""
+
     async def healthz(request: Request) -> JSONResponse:
         return JSONResponse({"status": "ok"})
 
@@ -62,14 +82,22 @@ def create_app(
             log.warning(
                 "not ready: %s", {k: v["detail"] for k, v in results.items() if not v["ok"]}
             )
-        return JSONResponse({"ready": ready, "checks": results}, status_code=200 if ready else 503)
+        body: dict[str, Any] = {"ready": ready, "checks": results}
+        if executor_state is not None:
+            try:
+                body["executor"] = dict(await asyncio.wait_for(executor_state(), deadline))
+            except Exception as exc:  # described, never a crash, and never "not ready"
+                body["executor"] = {"detail": f"{type(exc).__name__}: {exc}"}
+        return JSONResponse(body, status_code=200 if ready else 503)
 
     async def scrape(request: Request) -> Response:
         if refresh_metrics is not None:
             try:
                 await asyncio.wait_for(refresh_metrics(), timeout=deadline)
+                metrics.STORE_UP.set(1)
             except Exception as exc:  # stale gauges beat no metrics at all
-                log.warning("refreshing metrics from the store: %s", exc)
+                metrics.STORE_UP.set(0)
+                log.warning("refreshing metrics from the store: %s", exc or type(exc).__name__)
         body, kind = metrics.exposition()
         return Response(body, media_type=kind)
 
@@ -104,11 +132,12 @@ def create_app(
     if api is not None:
         routes += api.routes()
     middleware = [
+        Middleware(StoreBudget, budget=store_budget),
         Middleware(
             RateLimits,
             config=dict(rate_limits or {}),
             on_limited=lambda kind: metrics.RATE_LIMITED.labels(kind).inc(),
-        )
+        ),
     ]
     proxies = list(trusted_proxies)
     if proxies:  # first: everything after it (limits, allowlist, access log) sees the client

@@ -1,13 +1,20 @@
 """JSON errors for the HTTP service: `{"error": {"code", "message"}}` with the right status, for
-errors the handlers raise and for the ones Starlette raises itself (404, 405)."""
+errors the handlers raise and for the ones Starlette raises itself (404, 405), and 503 with
+`Retry-After` when the database does not answer within a request's budget."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
+
+from runner.store.budget import StoreUnavailable
+
+log = logging.getLogger(__name__)
+RETRY_AFTER = 5  # seconds a client is asked to wait when the database is away
 
 CODES = {
     400: "bad_request",
@@ -65,4 +72,17 @@ async def http_error(request: Request, exc: Exception) -> Response:
     return error_response(exc.status_code, message, headers=exc.headers)
 
 
-HANDLERS = {ApiError: api_error, HTTPException: http_error}
+async def store_unavailable(request: Request, exc: Exception) -> Response:
+    """The database did not answer within the request's budget (`runner.store.budget`): 503
+    at once, so that a forge redelivers and a client retries, instead of a hung request."""
+    log.warning("%s %s: 503, %s", request.method, request.url.path, exc)
+    return error_response(
+        503,
+        f"the database is unreachable or busy; nothing was changed that a retry would not "
+        f"repeat safely: try again in {RETRY_AFTER}s",
+        code="store_unavailable",
+        headers={"Retry-After": str(RETRY_AFTER)},
+    )
+
+
+HANDLERS = {ApiError: api_error, HTTPException: http_error, StoreUnavailable: store_unavailable}

@@ -2,9 +2,12 @@
 
 `POST /hooks/<forge name>` for GitHub, GitLab and Gitea, `POST /hooks/generic/<workflow>` for
 anything that can sign a body. A delivery is checked for size, content type and signature
-(several secrets may be valid at once, for rotation), then stored with its delivery id; the
-answer is 202 for a new delivery and 200 for one already stored (it does nothing). Parsing,
-matching and forge API calls happen later, from the stored events.
+(several secrets may be valid at once, for rotation), then its body is checked: a JSON object,
+nested at most 64 levels, and for the forge events the runner acts on, with the fields it reads
+(`runner/forges/payloads.py`); a body that fails is answered 400 with the reason and not stored.
+Then it is stored with its delivery id; the answer is 202 for a new delivery and 200 for one
+already stored (it does nothing). Matching and forge API calls happen later, from the stored
+events.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from starlette.routing import Route
 
 from runner import metrics, tracing
 from runner.forges.base import Delivery, Verifier, verifier
+from runner.forges.payloads import BadPayload, check_event, load_object
 from runner.model import RunRequest, Workflow
 from runner.revisions import BundleLoader
 from runner.spec.inputs import InputsInvalid, resolve_inputs
@@ -52,6 +56,8 @@ _RESULTS = {
 }
 
 
+# 400s whose error code is the metric's result: what was wrong with a signed body
+_BAD_BODIES = frozenset({"bad_json", "too_deep", "invalid_payload"})
 _UNVERIFIED = frozenset({"bad_signature", "too_large", "unsupported_media_type"})
 # event names kept as metric labels; any other is counted as "other"
 _EVENTS = frozenset(
@@ -171,6 +177,9 @@ class Hooks:
         result = _RESULTS.get(response.status_code, "error")
         if response.status_code == 200 and b'"pong"' in response.body:
             result = "ping"
+        elif response.status_code == 400:
+            code = json.loads(bytes(response.body))["error"]["code"]
+            result = code if code in _BAD_BODIES else result
         headers = request.headers
         event = (
             "generic"
@@ -188,7 +197,13 @@ class Hooks:
         return response
 
     async def _generic_run(
-        self, workflow: str, event_id: int, delivery_id: str, body: bytes, *, duplicate: bool
+        self,
+        workflow: str,
+        event_id: int,
+        delivery_id: str,
+        given: dict[str, object],
+        *,
+        duplicate: bool,
     ) -> Response:
         """The body is the run's inputs: checked against the workflow's schema (422), then the
         run is requested, once per delivery."""
@@ -199,12 +214,7 @@ class Hooks:
             )
         source, revision, spec = found
         try:
-            given = json.loads(body or b"{}")
-            if not isinstance(given, dict):
-                raise InputsInvalid(["the body must be a JSON object of run inputs"])
             inputs = resolve_inputs(spec.inputs, given)
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            return error(400, "bad_body", "the body is not JSON")
         except InputsInvalid as exc:
             return error(422, "invalid_inputs", str(exc))
         run, _ = await self.store.request_run(
@@ -277,9 +287,27 @@ class Hooks:
             return error(
                 401, "bad_signature", "the signature (or token) does not match a configured secret"
             )
+        kind = receiver.verifier.kind
         delivery = receiver.verifier.delivery(
-            name if receiver.verifier.kind == "generic" else receiver.name, headers, body
+            name if kind == "generic" else receiver.name, headers, body
         )
+        try:  # an empty body is no inputs, on the generic hook
+            payload = load_object(body if body or kind != "generic" else b"{}")
+            check_event(kind, delivery.event_type, payload)
+        except BadPayload as exc:
+            log.warning(
+                "webhook %s: %s delivery %s refused, not stored: %s",
+                receiver.name,
+                delivery.event_type,
+                delivery.delivery_id,
+                exc.message,
+            )
+            return error(
+                400,
+                exc.code,
+                f"{exc.message}. The delivery was not stored: send a JSON object"
+                + (" of run inputs" if kind == "generic" else " as the forge documents it"),
+            )
         if delivery.event_type == "ping":
             return JSONResponse({"status": "pong"})
         with tracing.span(
@@ -288,7 +316,7 @@ class Hooks:
             event=delivery.event_type,
             delivery=delivery.delivery_id,
         ):
-            return await self._store(receiver, name, delivery, headers, body)
+            return await self._store(receiver, name, delivery, headers, body, payload)
 
     async def _store(
         self,
@@ -297,6 +325,7 @@ class Hooks:
         delivery: Delivery,
         headers: Mapping[str, str],
         body: bytes,
+        payload: dict[str, object],
     ) -> Response:
         kept = _stored_headers(headers)
         parent = tracing.traceparent()
@@ -315,7 +344,7 @@ class Hooks:
         )
         if receiver.verifier.kind == "generic":  # a redelivery finds the same run
             return await self._generic_run(
-                name, stored.id, delivery.delivery_id, body, duplicate=not stored.new
+                name, stored.id, delivery.delivery_id, payload, duplicate=not stored.new
             )
         if not stored.new:
             return JSONResponse({"status": "duplicate", "event": stored.id}, status_code=200)

@@ -195,8 +195,10 @@ def _errors(*codes: int) -> dict[str, Any]:
         415: "not JSON",
         422: "invalid inputs",
         429: "rate limited",
+        503: "the database (or, for a decision, the forge) did not answer: retry after the "
+        "Retry-After header's seconds",
     }
-    return {str(c): _json(ref("Error"), words[c]) for c in (401, 429, *codes)}
+    return {str(c): _json(ref("Error"), words[c]) for c in (401, 429, 503, *codes)}
 
 
 def _param(name: str, where: str, schema: dict[str, Any], description: str) -> dict[str, Any]:

@@ -64,7 +64,15 @@ class Harness:
     def write(self, name: str, text: str) -> None:
         (self.repo / "workflows" / f"{name}.yaml").write_text(textwrap.dedent(text))
 
-    async def start(self, workflow: str, *, key: str = "k", actor: str = "ci", **extra: Any) -> Run:
+    async def start(
+        self,
+        workflow: str,
+        *,
+        key: str = "k",
+        actor: str = "ci",
+        trigger: dict[str, Any] | None = None,  # more of the trigger (a forge's delivery)
+        **extra: Any,
+    ) -> Run:
         result = compile_files(repo_files(self.repo, ""), builtins=builtin_agents())
         assert result.errors == [], result.errors
         source = local_source(self.repo)
@@ -76,7 +84,7 @@ class Harness:
                 source=source,
                 revision=revision,
                 idempotency_key=key,
-                trigger={"event": "manual", "actor": actor, "sha": None},
+                trigger={"event": "manual", "actor": actor, "sha": None, **(trigger or {})},
                 **extra,
             )
         )

@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from prometheus_client import REGISTRY
 
 from runner.approvals import Channel, Identity, NotAllowed, decide, expire_due
 from runner.dag import control
 from runner.dag.engine import EngineOptions
+from runner.reporting import Reporter
 from tests.dag.conftest import Harness
 from tests.dag.test_engine import GATED
 
@@ -191,3 +193,105 @@ async def test_concurrency_groups(harness: Harness, policy: str, first: str, sec
             held = await harness.go(two.id)
     assert held.status == second
     assert held.wait is None
+
+
+class Forge:
+    """Records what a run reports to its forge (a `ForgeReporting`)."""
+
+    def __init__(self) -> None:
+        self.statuses: list[tuple[str, str]] = []  # (state, description)
+        self.comments: dict[str, str] = {}  # marker -> body
+
+    async def status(
+        self, repository: str, sha: str, context: str, state: str, description: str
+    ) -> None:
+        self.statuses.append((state, description))
+
+    async def upsert_comment(self, repository: str, number: int, marker: str, body: str) -> None:
+        self.comments[marker] = body
+
+
+GATED_GROUP = """\
+apiVersion: runner/v1
+kind: Workflow
+metadata: {{name: gated}}
+spec:
+  triggers: [{{manual: {{}}}}]
+  {extra}
+  steps:
+    - {{id: slow, agent: echo, with: {{hold_file: "{hold}"}}}}
+    - {{id: ship, agent: risky, approval: {{approvers: [alice]}}}}
+"""
+FROM_PR = {  # the trigger of a pull request's delivery
+    "forge": "github",
+    "repository": "acme/app",
+    "sha": "a" * 40,
+    "pull_request": {"number": 9},
+}
+
+
+def cancelled_count(workflow: str) -> float:
+    value = REGISTRY.get_sample_value(
+        "runner_runs_total", {"workflow": workflow, "outcome": "cancelled"}
+    )
+    return value or 0.0
+
+
+def with_forge(harness: Harness) -> Forge:
+    forge = Forge()
+    harness.engine.reporter = Reporter({"github": forge})
+    return forge
+
+
+async def test_cancel_running_finishes_an_older_run_waiting_at_its_gate(harness: Harness) -> None:
+    harness.write(
+        "gated",
+        GATED_GROUP.format(hold="", extra="concurrency: {group: g, policy: cancel-running}"),
+    )
+    forge = with_forge(harness)
+    before = cancelled_count("gated")
+    one = await harness.start("gated", key="one", concurrency_group="g", trigger=FROM_PR)
+    assert (await harness.go(one.id)).status == "waiting_approval"
+    (gate,) = await harness.store.list_approvals(run_id=one.id, status="pending")
+    two = await harness.start("gated", key="two", concurrency_group="g", trigger=FROM_PR)
+    assert (await harness.go(two.id)).status == "waiting_approval"
+
+    older = await harness.store.get_run(one.id)
+    assert older is not None
+    assert older.status == "cancelled"
+    assert older.error == f"cancelled by run {two.id} of concurrency group 'g'"
+    closed = await harness.store.get_approval(gate.id)
+    assert closed is not None
+    assert closed.status == "rejected"
+    with pytest.raises(NotAllowed, match="is closed: the run was cancelled"):
+        await decide(
+            harness.store,
+            gate.id,
+            who=Identity(name="alice", can_write=True),
+            decision="approve",
+            channel=Channel(via="api"),
+        )
+    assert ("error", f"cancelled: {older.error}") in forge.statuses
+    body = forge.comments[f"<!-- runner:run:{one.id} -->"]
+    assert "**cancelled**" in body
+    assert "/approve" not in body
+    assert "/approve" in forge.comments[f"<!-- runner:run:{two.id} -->"]  # the newer one asks
+    assert cancelled_count("gated") == before + 1
+
+
+async def test_workflow_timeout_closes_a_gate_that_waits_beside_a_running_step(
+    harness: Harness,
+) -> None:
+    hold = harness.tmp / "hold"
+    hold.touch()
+    harness.write("gated", GATED_GROUP.format(hold=hold, extra="timeout: 1s"))
+    forge = with_forge(harness)
+    run = await harness.start("gated", trigger=FROM_PR)
+    done = await asyncio.wait_for(harness.go(run.id), 30)
+    assert done.status == "failed"
+    assert done.error == "the workflow timed out after 1s"
+    assert await harness.store.list_approvals(run_id=run.id, status="pending") == []
+    (gate,) = await harness.store.list_approvals(run_id=run.id)
+    assert gate.status == "rejected"
+    assert forge.statuses[-1][0] == "failure"
+    assert "/approve" not in forge.comments[f"<!-- runner:run:{run.id} -->"]

@@ -32,7 +32,9 @@ import contextlib
 import hashlib
 import json
 import os
+import select
 import shutil
+import signal
 import socket
 import stat
 import subprocess
@@ -505,6 +507,7 @@ class EngineDouble:
         self.processes: set[subprocess.Popen[bytes]] = set()
         self.guard = threading.Lock()
         self.lifecycle = threading.Lock()
+        self.client = threading.local()  # the connection of the query a handler thread runs
 
     # -- images -----------------------------------------------------------------------------
     def add_python_images(self) -> None:
@@ -619,7 +622,11 @@ class EngineDouble:
                 if self.headers.get("Authorization") != expected:
                     self._answer(401, {"error": "unauthorized"})
                     return
-                answer = engine.execute(payload)
+                engine.client.socket = self.request
+                try:
+                    answer = engine.execute(payload)
+                finally:
+                    engine.client.socket = None
                 # stopped meanwhile, or a proxy or the network dropped the answer
                 if engine.stopping.is_set() or engine.cut_this(payload):
                     self.close_connection = True
@@ -754,6 +761,19 @@ class EngineDouble:
         command += ["--unshare-pid", "--die-with-parent", "--chdir", state.workdir]
         return [*command, "--", *state.exec[0]]
 
+    def _wait(self, process: subprocess.Popen[bytes]) -> int:
+        """The exec's exit code; as Dagger's engine cancels a query whose client went away
+        (its request's context), the exec is killed when the connection that asked is closed."""
+        client: socket.socket | None = getattr(self.client, "socket", None)
+        while True:
+            try:
+                return process.wait(timeout=0.1)
+            except subprocess.TimeoutExpired:
+                pass
+            if client is not None and _closed(client):
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(process.pid, signal.SIGKILL)
+
     def _run(self, container: Container) -> ExecResult:
         state = container.state
         assert state.exec is not None
@@ -792,7 +812,7 @@ class EngineDouble:
         ]
         for thread in threads:
             thread.start()
-        code = process.wait()
+        code = self._wait(process)
         for thread in threads:
             thread.join()
         with self.guard:
@@ -810,3 +830,12 @@ class EngineDouble:
             return text
 
         return ExecResult(code=code, stdout=scrub(out), stderr=scrub(err), combined=scrub(combined))
+
+
+def _closed(connection: socket.socket) -> bool:
+    """Whether the client closed `connection` (readable, with nothing to read)."""
+    try:
+        readable, _, _ = select.select([connection], [], [], 0)
+        return bool(readable) and connection.recv(1, socket.MSG_PEEK) == b""
+    except OSError:
+        return True

@@ -11,8 +11,10 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import anyio
 import pytest
 
+from runner.executors import pids
 from runner.executors.base import Executor, StepResult, StepSpec
 from runner.executors.local import LocalExecutor, find_bwrap
 from runner.model import Agent
@@ -223,6 +225,55 @@ async def test_timeout_kills_the_whole_process_tree(
     assert "timed out after 2s" in log
     assert time.monotonic() - started < 60
     time.sleep(0.3)
+    assert processes_with(marker) == []
+
+
+ESCAPES = """
+import os, signal, subprocess, sys, time
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
+# out of the process group and the session, holding the log pipe open
+subprocess.Popen(["setsid", "sleep", "{marker}"])
+child = os.fork()
+if child == 0:  # a double fork: the grandchild's parent is gone, its session its own
+    os.setsid()
+    if os.fork() == 0:
+        deaf = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(1e6)"
+        os.execv(sys.executable, [sys.executable, "-c", deaf, "{marker}"])
+    os._exit(0)
+os.waitpid(child, 0)
+print("escaped", flush=True)
+{end}
+"""
+
+
+@pytest.mark.parametrize("ending", ["timeout", "exit", "cancel"])
+@pytest.mark.parametrize("sandbox", [False, True], ids=["unsandboxed", "sandboxed"])
+async def test_processes_that_escape_the_session_end_with_the_step_even_without_a_cgroup(
+    tmp_path: Path, workspace: Path, ending: str, sandbox: bool
+) -> None:
+    """The local executor, without the cgroup of the process-count limit, when the step times
+    out, exits or is cancelled (its task: the run was cancelled). Dagger: test_dagger.py."""
+    if sandbox and find_bwrap()[0] is None:
+        pytest.skip(f"no sandbox on this host: {find_bwrap()[1]}")
+    executor = LocalExecutor(sandbox=sandbox)
+    executor.pids = pids.Unlimited("this test leaves the cgroup out")
+    marker = str(5_000_000 + (os.getpid() * 7919 + time.monotonic_ns()) % 1_000_000)
+    end = "time.sleep(1e6)"
+    if ending == "exit":
+        end = "open(os.environ['RUNNER_OUTPUT'], 'w').write('{}')"
+    program = ESCAPES.format(marker=marker, end=end)
+    probe = agent(tmp_path, program, outputs=None)
+    if ending == "cancel":
+        async with anyio.create_task_group() as group:
+            group.start_soon(run, executor, probe, workspace)
+            with anyio.fail_after(60):
+                while len(processes_with(marker)) < 2:
+                    await anyio.sleep(0.05)
+            group.cancel_scope.cancel()
+    else:
+        result, log = await run(executor, probe, workspace, limit=3)
+        assert "escaped" in log
+        assert result.timed_out == (ending == "timeout"), result
     assert processes_with(marker) == []
 
 

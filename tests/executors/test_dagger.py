@@ -30,6 +30,7 @@ from runner.executors.dagger import DaggerExecutor
 from runner.model import Agent
 from runner.workspace import Workspaces
 from tests.executors.dagger_double import EngineDouble
+from tests.executors.test_conformance import processes_with
 from tests.executors.test_conformance import run as run_step
 
 pytestmark = pytest.mark.anyio
@@ -259,6 +260,25 @@ async def test_a_slow_step_hits_the_client_deadline_and_is_never_sent_twice(
     await anyio.sleep(1.5)
     assert len([q for q in engine_double.queries if "withExec" in q]) == 1
     await executor.aclose()
+
+
+async def test_a_cancelled_step_ends_its_exec_on_the_engine(
+    dagger_executor: DaggerExecutor, tmp_path: Path, workspace: Path
+) -> None:
+    """Cancelling the step (its task: the run was cancelled) drops the exec's query; the engine
+    (the double as Dagger's) cancels the exec with it, and its processes end."""
+    mark = str(7_000_000 + (os.getpid() * 7919 + time.monotonic_ns()) % 1_000_000)
+    program = f'import os; os.execvp("sleep", ["sleep", "{mark}"])'
+    agent = make_agent(tmp_path / "agent", program)
+    async with anyio.create_task_group() as group:
+        group.start_soon(functools.partial(run, dagger_executor, agent, workspace, limit=600))
+        with anyio.fail_after(60):
+            while not processes_with(mark):
+                await anyio.sleep(0.1)
+        group.cancel_scope.cancel()
+    with anyio.fail_after(30):  # generously bounded: the exec would sleep for months
+        while processes_with(mark):
+            await anyio.sleep(0.1)
 
 
 async def test_a_dropped_answer_is_an_engine_error_and_the_exec_is_not_sent_again(

@@ -3,10 +3,13 @@ probe picks, what the step log and health say, and what each mechanism really ho
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import signal
 import subprocess
+import sys
 import textwrap
 from pathlib import Path
 
@@ -181,3 +184,24 @@ def test_cgroup_v2_without_the_pids_controller_is_refused(fake_v2: Path) -> None
     (fake_v2 / "cgroup.controllers").write_text("cpu memory\n")
     with pytest.raises(pids.Unavailable, match="the pids controller is not available in"):
         pids._v2_parent()
+
+
+def test_a_killed_runners_step_cgroup_is_emptied_and_removed_at_start() -> None:
+    """A runner killed mid-step leaves its step cgroup with the step's processes in it; the next
+    runner to start kills them and removes it."""
+    limiter = cgroup_or_skip()
+    assert isinstance(limiter, pids.Cgroup)
+    gone = int(Path("/proc/sys/kernel/pid_max").read_text()) + 1  # no process has this pid
+    left = limiter.parent / f"{pids._PREFIX}{gone}-killed"
+    left.mkdir()
+    scope = pids.Scope(procs=os.fsencode(left / "cgroup.procs"))
+    stray = subprocess.Popen(["sleep", "600"], preexec_fn=scope.enter)
+    try:
+        pids.choose(None, python=sys.executable)  # what a runner does as it starts
+        assert stray.wait(timeout=30) == -signal.SIGKILL
+        assert not left.exists()
+    finally:
+        stray.kill()
+        stray.wait()
+        with contextlib.suppress(OSError):
+            left.rmdir()

@@ -89,6 +89,10 @@ attempt("runner_home", lambda: sorted(os.listdir(home)))
 attempt("runner_key", lambda: read(os.path.join(home, ".ssh", "id_ed25519")))
 attempt("other_run", lambda: read(os.path.join(data, "workspaces", "run-99", "secret.txt")))
 attempt("workspaces", lambda: sorted(os.listdir(os.path.dirname(workspace))))
+other_step = os.path.join(data, "steps", "runner-step-other", "io", "input.json")
+attempt("other_step", lambda: read(other_step))
+own_step = os.path.dirname(os.path.dirname(os.environ["RUNNER_INPUT"]))
+attempt("steps", lambda: [os.path.dirname(own_step), sorted(os.listdir(os.path.dirname(own_step)))])
 attempt("network", connect)
 attempt("processes", lambda: processes(300))
 # what an agent may do
@@ -189,6 +193,9 @@ def attack(base: Path) -> tuple[dict[str, Any], dict[str, Any], str]:
     other_run = data / "workspaces" / "run-99"  # another run, in flight
     other_run.mkdir(parents=True)
     (other_run / "secret.txt").write_text("another run's files\n")
+    other_step = data / "steps" / "runner-step-other" / "io"  # another step, in flight
+    other_step.mkdir(parents=True)
+    (other_step / "input.json").write_text('{"secret": "another step\'s input"}\n')
     (home / ".ssh").mkdir(parents=True)
     (home / ".ssh" / "id_ed25519").write_text("-----BEGIN OPENSSH PRIVATE KEY-----\n")
     (site / "runner.yaml").write_text(
@@ -260,7 +267,7 @@ def test_runner_database_config_and_data_dir_are_not_visible(report: tuple[Any, 
     # paths to them exist
     if not failed(attacker["cwd"]):
         assert not {"runner.db", "runner.yaml", "home"} & set(attacker["cwd"]["got"])
-    assert set(attacker["data_dir"]["got"]) <= {"workspaces", "clones"}
+    assert set(attacker["data_dir"]["got"]) <= {"workspaces", "clones", "steps"}
 
 
 def test_home_directories_are_not_visible(report: tuple[Any, ...]) -> None:
@@ -278,6 +285,18 @@ def test_other_runs_workspaces_are_not_visible(report: tuple[Any, ...]) -> None:
     attacker, _, _ = report
     assert failed(attacker["other_run"]), attacker["other_run"]
     assert attacker["workspaces"]["got"] == ["run-1"]
+
+
+def test_other_steps_scratch_is_not_visible(report: tuple[Any, ...]) -> None:
+    """A step's input, output and home lie in its scratch folder under the data directory:
+    only the path to its own exists in the sandbox."""
+    attacker, _, _ = report
+    assert failed(attacker["other_step"]), attacker["other_step"]
+    folder, listed = attacker["steps"]["got"]
+    assert folder.endswith("/steps")
+    (own,) = listed
+    assert own.startswith("runner-step-")
+    assert own != "runner-step-other"
 
 
 def test_no_network_unless_the_agent_declares_it(report: tuple[Any, ...]) -> None:

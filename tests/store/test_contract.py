@@ -167,6 +167,17 @@ async def test_queued_runs_no_lease_holds_are_told_what_they_wait_for(
     assert started.wait is None
 
 
+async def test_cancelled_runs_names_those_cancelled_among_the_asked(store: Store) -> None:
+    ids = [(await store.request_run(request(f"c{i}")))[0].id for i in range(3)]
+    assert await store.cancelled_runs(ids) == []
+    assert await store.cancelled_runs([]) == []
+    await store.transition_run(ids[0], "running")
+    await store.transition_run(ids[0], "cancelled", error="by a test")
+    await store.transition_run(ids[2], "cancelled", error="by a test")
+    assert await store.cancelled_runs(ids) == [ids[0], ids[2]]
+    assert await store.cancelled_runs(ids[1:]) == [ids[2]]
+
+
 # -- leases ----------------------------------------------------------------------------------
 
 
@@ -375,6 +386,31 @@ async def test_events_are_claimed_once_and_finished(store: Store, clock: Clock) 
     again = await store.claim_events("node-c", 30, 10)
     assert [e.delivery_id for e in again] == ["d2"]
     assert again[0].attempts == 2
+
+
+async def test_a_retried_event_waits_until_its_time_and_counts_its_attempts(
+    store: Store, clock: Clock
+) -> None:
+    event, _ = await store.add_event(
+        forge="github", delivery_id="r1", event_type="push", headers={}, body=b"{}"
+    )
+    [claimed] = await store.claim_events("node-a", 30, 10)
+    assert claimed.attempts == 1
+    await store.retry_event(event.id, error="forge away", not_before=clock.now + 10)
+    assert await store.claim_events("node-b", 30, 10) == []  # not before its time
+    clock.advance(11)
+    [again] = await store.claim_events("node-b", 30, 10)
+    assert (again.status, again.attempts, again.error) == ("pending", 2, "forge away")
+    await store.finish_event(again.id, error="gave up after 2 attempts: forge away")
+    redelivered, new = await store.add_event(
+        forge="github", delivery_id="r1", event_type="push", headers={}, body=b"{}"
+    )
+    assert new  # a failed event delivered again is handled again, from its first attempt
+    assert (redelivered.status, redelivered.attempts, redelivered.not_before) == (
+        "pending",
+        0,
+        None,
+    )
 
 
 # -- steps and logs --------------------------------------------------------------------------

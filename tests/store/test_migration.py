@@ -74,11 +74,9 @@ async def test_revisions_written_before_0002_stay_whole_and_can_be_built_on(
         assert await store.pending_migrations() == ["0002_document_pages"]
         assert await store.migrate() == ["0002_document_pages"]
         monkeypatch.setattr(sql, "migrations", every)
-        assert await store.migrate() == [
-            "0003_audit_trail",
-            "0004_audit_doors",
-            "0005_run_waits",
-        ]
+        later = [name for _, name, _ in every(store.dialect)[2:]]
+        assert later[:2] == ["0003_audit_trail", "0004_audit_doors"]
+        assert await store.migrate() == later
 
         ordered = sorted(old, key=lambda d: (d.kind, d.name))
         assert listed(await store.revision_documents("main", "r1")) == listed(ordered)

@@ -25,6 +25,7 @@ from tests.conftest import apply_example
 from tests.npm import github_examples, octokit_sign
 from tests.test_serve import free_port
 
+FIXTURES = Path(__file__).parents[1] / "fixtures"
 SECRETS = {
     "GH_SECRET": "old-gh-secret,new-gh-secret",
     "GL_TOKEN": "gl-token-1",
@@ -163,7 +164,7 @@ def test_ping_is_answered(service: tuple[str, Path]) -> None:
 
 def test_gitlab_token_and_gitea_signature(service: tuple[str, Path]) -> None:
     base, home = service
-    body = json.dumps({"object_kind": "note", "object_attributes": {"note": "/approve"}}).encode()
+    body = (FIXTURES / "gitlab" / "note_hook_mr.json").read_bytes()
     gitlab = {"X-Gitlab-Event": "Note Hook", "X-Gitlab-Event-UUID": "gl-uuid-1"}
     assert (
         post(base, "/hooks/gitlab", body, {**gitlab, "X-Gitlab-Token": "nope"}).status_code == 401
@@ -172,6 +173,7 @@ def test_gitlab_token_and_gitea_signature(service: tuple[str, Path]) -> None:
         post(base, "/hooks/gitlab", body, {**gitlab, "X-Gitlab-Token": "gl-token-1"}).status_code
         == 202
     )
+    body = (FIXTURES / "gitea" / "issue_comment_pull.json").read_bytes()
     gitea_sig = hmac.new(b"gitea-s3cret", body, hashlib.sha256).hexdigest()
     gitea = {
         "X-Gitea-Event": "issue_comment",

@@ -42,11 +42,16 @@ def get(base: str, client: str, path: str = "/api/runs") -> httpx.Response:
 
 
 def test_a_burst_is_refused_with_429_and_refills(base: str) -> None:
+    # a token flows back every 3 s: on a loaded machine one may come back during the burst,
+    # so the burst goes on until the first refusal rather than counting on exactly 20
     answers = [get(base, "203.0.113.7") for _ in range(20)]
     assert [a.status_code for a in answers] == [200] * 20
-    assert [a.headers["ratelimit-remaining"] for a in answers[-3:]] == ["2", "1", "0"]
     assert answers[0].headers["ratelimit-limit"] == "20"
-    refused = get(base, "203.0.113.7")
+    assert answers[0].headers["ratelimit-remaining"] == "19"
+    while (refused := get(base, "203.0.113.7")).status_code == 200:
+        answers.append(refused)
+        assert len(answers) < 40, "the bucket never ran dry"
+    assert answers[-1].headers["ratelimit-remaining"] == "0"
     assert refused.status_code == 429
     assert 1 <= int(refused.headers["retry-after"]) <= 3  # a token flows back every 3 s
     assert refused.headers["ratelimit-remaining"] == "0"
