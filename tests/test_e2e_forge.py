@@ -192,6 +192,8 @@ def test_signed_pr_comment_approval_resumes_the_run_and_reports_success(
         == 202
     )
     wait_for(lambda: statuses(github, "runner/pr-gate")[-1] == "success")
+    # the reporter sets the status first, then edits the comment
+    wait_for(lambda: "**succeeded**" in run_comment(github))
     final = run_comment(github)
     assert "**succeeded**" in final
     assert "| ship | succeeded |" in final
